@@ -1,0 +1,130 @@
+//! The one edge where typed errors become the contract's JSON errors:
+//! `{"error": {"type", "message", "request_id"}}` with the status the contract gives each type.
+//!
+//! Messages name the field at fault and never echo card data or credentials.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::routing::RoutingError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("missing or invalid API key")]
+    Unauthenticated,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed here; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("the request took too long to arrive")]
+    RequestTimeout,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request has more than {limit} headers")]
+    TooManyHeaders { limit: usize },
+    #[error(transparent)]
+    NoEligibleChannel(#[from] RoutingError),
+    #[error("every eligible channel failed; the payment was not charged")]
+    AllChannelsFailed { payment_id: String },
+    #[error("the request's deadline passed before a channel answered")]
+    DeadlineExceeded { payment_id: Option<String> },
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: String,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_id: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NoEligibleChannel(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::AllChannelsFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The contract's error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Unauthenticated => "unauthenticated",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::TooManyHeaders { .. } => "too_many_headers",
+            Self::NoEligibleChannel(_) => "no_eligible_channel",
+            Self::AllChannelsFailed { .. } => "all_channels_failed",
+            Self::DeadlineExceeded { .. } => "deadline_exceeded",
+        }
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let payment_id = match &self {
+            Self::AllChannelsFailed { payment_id } => Some(payment_id.as_str()),
+            Self::DeadlineExceeded { payment_id } => payment_id.as_deref(),
+            _ => None,
+        };
+        let body = Body {
+            error: Detail {
+                kind: self.kind(),
+                message: self.to_string(),
+                request_id,
+                payment_id,
+            },
+        };
+        let mut response = json_response(self.status(), &body);
+        let headers = response.headers_mut();
+        match &self {
+            Self::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response; serializing our own types cannot fail, but if it ever did the client
+/// still gets a well-formed 500 rather than a dropped connection.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, bytes),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"error":{"type":"internal","message":"response could not be encoded","request_id":""}}"#.to_vec(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

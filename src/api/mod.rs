@@ -1,0 +1,208 @@
+//! Handlers for the contract's merchant endpoints, and the router that picks one.
+//!
+//! A handler reads the request (bounded in size and time), validates it, asks `routing` for a
+//! decision, calls channels through `upstream`, records the result in the store and answers.
+//! Errors travel as [`ApiError`] and become JSON only in `error.rs`.
+
+mod error;
+mod followups;
+mod payments;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body;
+use tower::Service;
+
+pub use error::{ApiError, json_response};
+
+use crate::gateway::Gateway;
+use crate::layers::{AuthenticatedMerchant, HttpResponse, RequestId, ResponseFuture};
+use crate::store::FollowUpKind;
+
+/// The merchant API as a tower service, behind the layers.
+#[derive(Clone)]
+pub struct Api {
+    gateway: Arc<Gateway>,
+}
+
+impl Api {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+/// What a handler gets besides the body.
+pub struct Scope {
+    pub gateway: Arc<Gateway>,
+    pub request_id: Arc<str>,
+    pub merchant: Arc<str>,
+    /// When the whole request must be answered, failovers included.
+    pub deadline: Instant,
+    pub traceparent: Option<http::HeaderValue>,
+}
+
+/// The endpoints, by route template.
+enum Route {
+    CreatePayment,
+    GetPayment(String),
+    FollowUp(String, FollowUpKind),
+}
+
+impl<B> Service<Request<B>> for Api
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let gateway = self.gateway.clone();
+        Box::pin(async move {
+            let request_id = RequestId::of(&request);
+            let response = handle(gateway, request, request_id.clone()).await;
+            Ok(response.unwrap_or_else(|e| e.into_response(&request_id)))
+        })
+    }
+}
+
+async fn handle<B>(
+    gateway: Arc<Gateway>,
+    request: Request<B>,
+    request_id: Arc<str>,
+) -> Result<HttpResponse, ApiError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let route = route(request.method(), request.uri().path())?;
+    let server = gateway.snapshot().config.server.clone();
+    let started = Instant::now();
+    let context = Scope {
+        request_id,
+        merchant: request
+            .extensions()
+            .get::<AuthenticatedMerchant>()
+            .map(|m| m.0.clone())
+            .ok_or(ApiError::Unauthenticated)?,
+        deadline: started + server.request_timeout,
+        traceparent: request.headers().get("traceparent").cloned(),
+        gateway,
+    };
+    let body = read_body(request.into_body(), server.max_body_bytes, context.deadline).await?;
+    match route {
+        Route::CreatePayment => payments::create(&context, &body).await,
+        Route::GetPayment(id) => payments::get(&context, &id),
+        Route::FollowUp(id, kind) => followups::follow_up(&context, &id, kind, &body).await,
+    }
+}
+
+fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no such endpoint: {path}"));
+    let rest = path.strip_prefix("/v1/payments").ok_or_else(not_found)?;
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    let post_only = ApiError::MethodNotAllowed { allow: "POST" };
+    match (segments.as_slice(), rest.is_empty()) {
+        (_, true) if method == Method::POST => Ok(Route::CreatePayment),
+        (_, true) => Err(post_only),
+        ([id], _) if !id.is_empty() && method == Method::GET => {
+            Ok(Route::GetPayment(id.to_string()))
+        }
+        ([id], _) if !id.is_empty() => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        ([id, "capture"], _) if method == Method::POST => {
+            Ok(Route::FollowUp(id.to_string(), FollowUpKind::Capture))
+        }
+        ([id, "refunds"], _) if method == Method::POST => {
+            Ok(Route::FollowUp(id.to_string(), FollowUpKind::Refund))
+        }
+        ([_, "capture" | "refunds"], _) => Err(post_only),
+        _ => Err(not_found()),
+    }
+}
+
+/// Reads the whole body, at most `limit` bytes and not past `deadline`.
+async fn read_body<B>(body: B, limit: usize, deadline: Instant) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout_at(deadline.into(), collect).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Ok(Err(_)) => Err(ApiError::InvalidRequest(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// A response with a JSON body and the channel that answered, when there is one.
+fn respond(
+    status: StatusCode,
+    body: &impl serde::Serialize,
+    channel: Option<&str>,
+) -> HttpResponse {
+    let mut response = json_response(status, body);
+    if let Some(value) = channel.and_then(|c| http::HeaderValue::from_str(c).ok()) {
+        response.headers_mut().insert("x-paygate-channel", value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_method_and_path() {
+        assert!(matches!(
+            route(&Method::POST, "/v1/payments"),
+            Ok(Route::CreatePayment)
+        ));
+        assert!(
+            matches!(route(&Method::GET, "/v1/payments/pay_1"), Ok(Route::GetPayment(id)) if id == "pay_1")
+        );
+        assert!(matches!(
+            route(&Method::POST, "/v1/payments/pay_1/refunds"),
+            Ok(Route::FollowUp(_, FollowUpKind::Refund))
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/v1/payments"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            route(&Method::DELETE, "/v1/payments/x"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/v1/payments/x/capture"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/v1/paymentsx"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/v1/payments/x/y/z"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/nope"),
+            Err(ApiError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,351 @@
+//! `POST /v1/payments` and `GET /v1/payments/{id}`: validate the payment, route it, try its
+//! channels in the decided order with failover, and keep every attempt.
+//!
+//! Failover happens here and only here: on a failure that surely did not charge (the
+//! channel was unavailable, or declined with a code it lists as retryable) the next channel
+//! is tried; after an ambiguous failure (timeout, error after sending) the payment is left
+//! `pending` on that channel and never sent elsewhere.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{Map, Value};
+
+use super::{ApiError, Scope, respond};
+use crate::config::iso;
+use crate::layers::HttpResponse;
+use crate::routing::{self, PaymentFacts};
+use crate::store::{Attempt, MaskedCard, Outcome, Payment, PaymentStatus, now_ms};
+use crate::upstream::{Call, CallContext};
+
+/// Longest `method` or `reference` accepted; longer values are surely mistakes.
+const MAX_TEXT_LEN: usize = 255;
+
+/// The fields paygate itself reads from a payment body; the rest passes through to the PSP.
+struct NewPayment {
+    amount: u64,
+    currency: String,
+    method: String,
+    country: Option<String>,
+    reference: Option<String>,
+    capture: bool,
+    card: Option<MaskedCard>,
+}
+
+pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiError> {
+    let fields: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("the body is not a JSON object: {e}")))?;
+    let new = NewPayment::read(&fields)?;
+    let snapshot = scope.gateway.snapshot();
+    let config = &snapshot.config;
+    check_merchant_allows(config, &scope.merchant, &new)?;
+    let facts = PaymentFacts {
+        merchant: &scope.merchant,
+        currency: &new.currency,
+        method: &new.method,
+        country: new.country.as_deref(),
+        amount: new.amount,
+    };
+    let decision = routing::decide(config, &snapshot.scores, &facts)?;
+    let id = format!("pay_{}", ulid::Ulid::generate());
+    let capture = new.capture;
+    scope
+        .gateway
+        .store
+        .insert(new.into_payment(&id, &scope.merchant));
+
+    let mut finished = None;
+    let mut last_decline = None;
+    for &channel_id in &decision.order {
+        if Instant::now() >= scope.deadline {
+            break;
+        }
+        let (Some(client), Some(channel)) = (
+            snapshot.upstreams.channel(channel_id),
+            config.channels.get(channel_id),
+        ) else {
+            continue;
+        };
+        let context = CallContext {
+            paygate_id: &id,
+            idempotency_key: &id,
+            request_id: &scope.request_id,
+            traceparent: scope.traceparent.as_ref(),
+        };
+        let exchange = client
+            .send(
+                &Call::Authorize { payment: &fields },
+                &context,
+                scope.deadline,
+            )
+            .await;
+        let score = &snapshot.scores[channel_id];
+        score.record(exchange.outcome == Outcome::Succeeded);
+        if matches!(
+            exchange.outcome,
+            Outcome::Succeeded | Outcome::Declined | Outcome::Pending
+        ) {
+            score.record_latency(exchange.latency);
+        }
+        if let Some(detail) = &exchange.detail {
+            tracing::warn!(request_id = %scope.request_id, payment = %id, channel = %channel.name, outcome = exchange.outcome.as_str(), %detail, "channel attempt failed");
+        }
+        let attempt = Attempt {
+            channel: channel.name.clone(),
+            outcome: exchange.outcome,
+            latency_ms: exchange.latency.as_millis() as u64,
+            psp_reference: exchange.psp_reference.clone(),
+            decline_code: exchange.decline_code.clone(),
+        };
+        let retryable_decline = exchange.outcome == Outcome::Declined
+            && exchange
+                .decline_code
+                .as_deref()
+                .is_some_and(|code| channel.is_retryable_decline(code));
+        let status = match exchange.outcome {
+            Outcome::Succeeded => Some(PaymentStatus::Succeeded),
+            Outcome::Declined if !retryable_decline => Some(PaymentStatus::Declined),
+            Outcome::Pending | Outcome::Error | Outcome::Timeout => Some(PaymentStatus::Pending),
+            Outcome::Declined | Outcome::Unavailable => None,
+        };
+        if retryable_decline {
+            last_decline = Some(attempt.clone());
+        }
+        scope.gateway.store.update(&id, &mut |p| {
+            p.attempts.push(attempt.clone());
+            if let Some(status) = status {
+                p.status = status;
+                p.channel = Some(attempt.channel.clone());
+                p.psp_reference = attempt.psp_reference.clone();
+                p.decline_code = attempt.decline_code.clone();
+                if status == PaymentStatus::Succeeded && capture {
+                    p.captured_amount = p.amount;
+                }
+            }
+        });
+        if status.is_some() {
+            finished = Some(attempt);
+            break;
+        }
+    }
+    conclude(scope, &id, finished, last_decline)
+}
+
+/// The answer once the attempts are over: the final status, or why there is none.
+fn conclude(
+    scope: &Scope,
+    id: &str,
+    finished: Option<Attempt>,
+    last_decline: Option<Attempt>,
+) -> Result<HttpResponse, ApiError> {
+    let store = &scope.gateway.store;
+    if finished.is_none() {
+        let tried_any = store.get(id).is_some_and(|p| !p.attempts.is_empty());
+        if let Some(decline) = last_decline {
+            // Every channel that answered refused the card, if retryably: that is the answer.
+            store.update(id, &mut |p| {
+                p.status = PaymentStatus::Declined;
+                p.channel = Some(decline.channel.clone());
+                p.psp_reference = decline.psp_reference.clone();
+                p.decline_code = decline.decline_code.clone();
+            });
+        } else {
+            store.update(id, &mut |p| p.status = PaymentStatus::Failed);
+            let payment_id = id.to_string();
+            return Err(if Instant::now() >= scope.deadline || !tried_any {
+                ApiError::DeadlineExceeded {
+                    payment_id: Some(payment_id),
+                }
+            } else {
+                ApiError::AllChannelsFailed { payment_id }
+            });
+        }
+    }
+    let payment = store
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("payment {id} vanished from the store")))?;
+    tracing::info!(request_id = %scope.request_id, payment = %payment.id, merchant = %payment.merchant, channel = payment.channel.as_deref().unwrap_or("-"), status = ?payment.status, attempts = payment.attempts.len(), "payment");
+    let status = match payment.status {
+        PaymentStatus::Pending => StatusCode::ACCEPTED,
+        _ => StatusCode::CREATED,
+    };
+    Ok(respond(status, &payment, payment.channel.as_deref()))
+}
+
+pub fn get(scope: &Scope, id: &str) -> Result<HttpResponse, ApiError> {
+    let payment = scope
+        .gateway
+        .store
+        .get(id)
+        .filter(|p| *p.merchant == *scope.merchant)
+        .ok_or_else(|| ApiError::NotFound(format!("no payment {id}")))?;
+    Ok(respond(
+        StatusCode::OK,
+        &payment,
+        payment.channel.as_deref(),
+    ))
+}
+
+fn check_merchant_allows(
+    config: &crate::config::Config,
+    merchant: &str,
+    new: &NewPayment,
+) -> Result<(), ApiError> {
+    let Some(merchant) = config.merchants.iter().find(|m| m.id == merchant) else {
+        return Err(ApiError::Unauthenticated);
+    };
+    if !merchant.allows_currency(&new.currency) {
+        return Err(ApiError::InvalidRequest(format!(
+            "currency: {} is not enabled for this merchant",
+            new.currency
+        )));
+    }
+    if !merchant.allows_method(&new.method) {
+        return Err(ApiError::InvalidRequest(format!(
+            "method: {:?} is not enabled for this merchant",
+            new.method
+        )));
+    }
+    Ok(())
+}
+
+impl NewPayment {
+    fn read(fields: &Map<String, Value>) -> Result<Self, ApiError> {
+        let invalid = |message: &str| ApiError::InvalidRequest(message.to_string());
+        let amount = match fields.get("amount") {
+            None => return Err(invalid("amount is required (an integer in minor units)")),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(0) => return Err(invalid("amount must be greater than 0")),
+                Some(amount) => amount,
+                None if n.is_i64() => return Err(invalid("amount must be greater than 0")),
+                None => {
+                    return Err(invalid(
+                        "amount must be an integer number of minor units (1999 for 19.99), not a decimal",
+                    ));
+                }
+            },
+            Some(_) => return Err(invalid("amount must be an integer number of minor units")),
+        };
+        let currency = text(fields, "currency")?
+            .ok_or_else(|| invalid("currency is required (ISO 4217, such as \"EUR\")"))?;
+        if !iso::is_currency(&currency) {
+            return Err(invalid(
+                "currency must be an ISO 4217 code in capitals, such as \"EUR\"",
+            ));
+        }
+        let method = text(fields, "method")?.ok_or_else(|| invalid("method is required"))?;
+        let country = text(fields, "country")?;
+        if country.as_deref().is_some_and(|c| !iso::is_country(c)) {
+            return Err(invalid(
+                "country must be an ISO 3166-1 alpha-2 code in capitals, such as \"DE\"",
+            ));
+        }
+        let capture = match fields.get("capture") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("capture must be true or false")),
+        };
+        Ok(Self {
+            amount,
+            currency,
+            method,
+            country,
+            reference: text(fields, "reference")?,
+            capture,
+            card: card(fields)?,
+        })
+    }
+
+    fn into_payment(self, id: &str, merchant: &str) -> Payment {
+        Payment {
+            id: id.to_string(),
+            merchant: merchant.to_string(),
+            status: PaymentStatus::Pending,
+            amount: self.amount,
+            currency: self.currency,
+            method: self.method,
+            country: self.country,
+            reference: self.reference,
+            channel: None,
+            psp_reference: None,
+            decline_code: None,
+            card: self.card,
+            captured_amount: 0,
+            refunded_amount: 0,
+            capture_in_flight: 0,
+            refund_in_flight: 0,
+            attempts: Vec::new(),
+            operations: Vec::new(),
+            created_at_ms: now_ms(),
+        }
+    }
+}
+
+/// An optional string field of at most [`MAX_TEXT_LEN`] characters.
+fn text(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() || s.len() > MAX_TEXT_LEN => Err(
+            ApiError::InvalidRequest(format!("{name} must be 1 to {MAX_TEXT_LEN} characters")),
+        ),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::InvalidRequest(format!("{name} must be a string"))),
+    }
+}
+
+/// The masked card, when the body has one. The message never repeats what was sent.
+fn card(fields: &Map<String, Value>) -> Result<Option<MaskedCard>, ApiError> {
+    let Some(card) = fields.get("card") else {
+        return Ok(None);
+    };
+    let invalid =
+        || ApiError::InvalidRequest("card.number must be a string of 12 to 19 digits".into());
+    let number = card
+        .as_object()
+        .and_then(|c| c.get("number"))
+        .and_then(Value::as_str)
+        .ok_or_else(invalid)?;
+    MaskedCard::from_number(number)
+        .map(Some)
+        .ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(json: &str) -> Result<NewPayment, String> {
+        let fields: Map<String, Value> = serde_json::from_str(json).unwrap();
+        NewPayment::read(&fields).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn amount_must_be_a_positive_integer() {
+        let base = r#""currency":"EUR","method":"card""#;
+        assert!(read(&format!("{{\"amount\":1999,{base}}}")).is_ok());
+        for (amount, needle) in [
+            ("0", "greater than 0"),
+            ("-5", "greater than 0"),
+            ("19.99", "not a decimal"),
+            ("\"1999\"", "integer"),
+        ] {
+            let err = read(&format!("{{\"amount\":{amount},{base}}}"))
+                .err()
+                .unwrap();
+            assert!(
+                err.contains("amount") && err.contains(needle),
+                "{amount}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn card_errors_never_echo_the_number() {
+        let err = read(r#"{"amount":1,"currency":"EUR","method":"card","card":{"number":"4111 1111 1111 1111"}}"#)
+            .err()
+            .unwrap();
+        assert!(err.contains("card.number"));
+        assert!(!err.contains("4111"));
+    }
+}

@@ -1,0 +1,317 @@
+//! routes.toml: loading, validation with file:line:column, and the immutable snapshot that
+//! the rest of paygate reads.
+//!
+//! A [`Config`] is built whole or not at all: `load` either returns a snapshot in which every
+//! reference is resolved (channel ids, environment variables, TLS files, the rule index) or
+//! every problem it found. Runtime state (scores, pools, payments) never lives here, so a
+//! snapshot can be swapped without losing it. Must not start servers or open connections.
+
+pub mod iso;
+mod schema;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue};
+use rustc_hash::FxHashMap;
+
+use crate::routing::RuleIndex;
+use crate::sim::{Behavior, Schedule};
+
+/// One problem in a routes file, at a 1-based line and column (0 when it has no place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Why a routes file cannot be used: every problem found, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match p.line {
+                0 => write!(f, "{}: {}", self.file.display(), p.message)?,
+                _ => write!(
+                    f,
+                    "{}:{}:{}: {}",
+                    self.file.display(),
+                    p.line,
+                    p.column,
+                    p.message
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a rule orders its eligible channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Best live score first (see `routing::score`).
+    Adaptive,
+    /// Random, proportional to each channel's `weight`.
+    Weighted,
+    /// The order the rule lists.
+    Priority,
+}
+
+impl Strategy {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "adaptive" => Some(Self::Adaptive),
+            "weighted" => Some(Self::Weighted),
+            "priority" => Some(Self::Priority),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adaptive => "adaptive",
+            Self::Weighted => "weighted",
+            Self::Priority => "priority",
+        }
+    }
+}
+
+/// Index of a channel in [`Config::channels`].
+pub type ChannelId = usize;
+
+/// A validated, resolved routes file.
+#[derive(Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    /// First 16 hex digits of the SHA-256 of the file's bytes.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub server: Server,
+    pub merchants: Vec<Merchant>,
+    pub channels: Vec<Channel>,
+    pub rules: Vec<Rule>,
+    pub simulators: Vec<Simulator>,
+    pub rule_index: RuleIndex,
+    merchant_by_key: FxHashMap<[u8; 32], usize>,
+}
+
+impl Config {
+    /// Reads, parses and validates `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                line: 0,
+                column: 0,
+                message: format!("cannot read the routes file: {e}"),
+            }],
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses and validates `text` as if read from `file` (relative paths resolve against
+    /// the file's folder).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate::build(file, text).map_err(|problems| ConfigError {
+            file: file.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// The merchant whose API key hashes to `key_sha256`.
+    pub fn merchant_by_key_hash(&self, key_sha256: &[u8; 32]) -> Option<&Merchant> {
+        self.merchant_by_key
+            .get(key_sha256)
+            .map(|&i| &self.merchants[i])
+    }
+
+    pub fn channel_by_name(&self, name: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+
+    /// One line for `paygate check` and the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: ok, version {}: {} merchants, {} channels, {} rules, {} simulators",
+            self.file.display(),
+            self.version,
+            self.merchants.len(),
+            self.channels.len(),
+            self.rules.len(),
+            self.simulators.len()
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_headers: usize,
+    pub tls: Option<ServerTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug)]
+pub struct Merchant {
+    pub id: String,
+    /// Empty: every method.
+    pub methods: Vec<String>,
+    /// Empty: every currency.
+    pub currencies: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Merchant {
+    pub fn allows_method(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+
+    pub fn allows_currency(&self, currency: &str) -> bool {
+        self.currencies.is_empty() || self.currencies.iter().any(|c| c == currency)
+    }
+}
+
+/// Wire dialect a channel speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    PaygateV1,
+}
+
+impl Protocol {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "paygate-v1" => Some(Self::PaygateV1),
+            _ => None,
+        }
+    }
+}
+
+/// Where a channel's PSP is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `http://` or `https://` base URL, without a trailing slash.
+    Url(String),
+    /// An in-process simulator, by name; its address is known once `serve` has started it.
+    Simulator(String),
+}
+
+/// Fee a channel charges: parts per million of the amount plus a fixed amount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fee {
+    pub ppm: u64,
+    pub fixed: u64,
+}
+
+impl Fee {
+    /// The fee in minor units for `amount`, rounded down.
+    pub fn of(&self, amount: u64) -> u64 {
+        let variable = (u128::from(amount) * u128::from(self.ppm)) / 1_000_000;
+        u64::try_from(variable)
+            .unwrap_or(u64::MAX)
+            .saturating_add(self.fixed)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChannelTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    pub id: ChannelId,
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub protocol: Protocol,
+    /// Resolved headers, credentials marked sensitive so that they never print.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_idle_connections: usize,
+    pub currencies: Vec<String>,
+    pub methods: Vec<String>,
+    pub countries: Vec<String>,
+    pub min_amount: u64,
+    pub max_amount: u64,
+    pub fee: Fee,
+    pub rate_limit: Option<RateLimit>,
+    pub retryable_codes: Vec<String>,
+    pub weight: u32,
+    pub tls: ChannelTls,
+}
+
+impl Channel {
+    /// Whether this channel can take the payment at all (currency, method, country, amount).
+    pub fn accepts(&self, payment: &crate::routing::PaymentFacts<'_>) -> bool {
+        let listed =
+            |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+        let country_ok = match payment.country {
+            Some(country) => listed(&self.countries, country),
+            None => self.countries.is_empty(),
+        };
+        listed(&self.currencies, payment.currency)
+            && listed(&self.methods, payment.method)
+            && country_ok
+            && (self.min_amount..=self.max_amount).contains(&payment.amount)
+    }
+
+    pub fn is_retryable_decline(&self, code: &str) -> bool {
+        self.retryable_codes.iter().any(|c| c == code)
+    }
+}
+
+/// What a rule matches on; empty lists match everything.
+#[derive(Debug, Clone, Default)]
+pub struct Match {
+    pub merchants: Vec<String>,
+    pub currencies: Vec<String>,
+    pub methods: Vec<String>,
+    pub countries: Vec<String>,
+    pub min_amount: u64,
+    pub max_amount: u64,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub channels: Vec<ChannelId>,
+    pub strategy: Strategy,
+    pub matcher: Match,
+}
+
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub behavior: Behavior,
+    pub schedule: Schedule,
+}

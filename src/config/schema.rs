@@ -1,0 +1,155 @@
+//! The routes.toml file as written: serde types that mirror the file, with source spans kept
+//! on every value a check may complain about.
+//!
+//! Nothing here is validated or resolved; `validate` turns this into a [`super::Config`].
+//! Keys fixed by the contract keep their exact names.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::sim::Behavior;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub merchants: Vec<Spanned<RawMerchant>>,
+    #[serde(default)]
+    pub channels: Vec<Spanned<RawChannel>>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pub simulators: Vec<Spanned<RawSimulator>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<u64>>,
+    pub request_timeout_ms: Option<Spanned<u64>>,
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
+    pub max_headers: Option<Spanned<u64>>,
+    pub tls: Option<Spanned<RawServerTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub strategy: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMerchant {
+    pub id: Spanned<String>,
+    pub api_key_sha256: Spanned<String>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub currencies: Vec<Spanned<String>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_second: u32,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    pub max_idle_connections: Option<usize>,
+    #[serde(default)]
+    pub currencies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub countries: Vec<Spanned<String>>,
+    pub min_amount: Option<Spanned<u64>>,
+    pub max_amount: Option<Spanned<u64>>,
+    pub fee: Option<Spanned<RawFee>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    pub retryable_codes: Vec<String>,
+    pub weight: Option<u32>,
+    pub tls: Option<Spanned<RawChannelTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFee {
+    #[serde(default)]
+    pub percent: f64,
+    #[serde(default)]
+    pub fixed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannelTls {
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub channels: Spanned<Vec<Spanned<String>>>,
+    pub strategy: Option<Spanned<String>>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub merchants: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub currencies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub countries: Vec<Spanned<String>>,
+    pub min_amount: Option<Spanned<u64>>,
+    pub max_amount: Option<Spanned<u64>>,
+}
+
+/// An in-process PSP simulator that `serve` starts; channels reach it as `sim://NAME`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSimulator {
+    pub name: Spanned<String>,
+    pub listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub behavior: Behavior,
+    pub schedule: Option<Spanned<String>>,
+}

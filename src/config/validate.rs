@@ -1,0 +1,782 @@
+//! Turns a parsed routes file into a [`Config`], collecting every problem with its place
+//! instead of stopping at the first.
+//!
+//! Reads the environment (for `env:NAME` headers) and the TLS files the config names, so that
+//! a file `paygate check` accepts is one `serve` can start on; never opens a socket.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue};
+use rustc_hash::FxHashMap;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::schema::*;
+use super::*;
+use crate::routing::RuleIndex;
+
+/// Defaults from the contract (server) and from what a PSP call usually needs (channels).
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 15_000;
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// The same bound hyper applies by default; real merchants send a dozen.
+const DEFAULT_MAX_HEADERS: u64 = 100;
+const DEFAULT_CHANNEL_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 256;
+const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:0";
+
+/// Header names whose values are secrets and so must come from the environment.
+const SECRET_HEADER_HINTS: [&str; 4] = ["authorization", "key", "secret", "token"];
+
+pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
+    let mut check = Checker::new(file, text);
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let at = e.span().unwrap_or(0..0);
+            check.problem(&at, e.message().trim_end().to_string());
+            return Err(check.problems);
+        }
+    };
+    let server = check.server(&raw.server);
+    let default_strategy = check.default_strategy(&raw.routing);
+    let merchants = check.merchants(&raw.merchants);
+    let simulators = check.simulators(&raw.simulators);
+    let channels = check.channels(&raw.channels, &simulators);
+    let rules = check.rules(&raw.rules, &channels, &merchants, default_strategy);
+    if !check.problems.is_empty() {
+        check.problems.sort_by_key(|p| (p.line, p.column));
+        return Err(check.problems);
+    }
+    let merchant_by_key = merchants
+        .iter()
+        .enumerate()
+        .map(|(i, (_, key))| (*key, i))
+        .collect::<FxHashMap<_, _>>();
+    let rule_index = RuleIndex::build(&rules);
+    Ok(Config {
+        file: file.to_path_buf(),
+        version: hex::encode(&Sha256::digest(text.as_bytes())[..8]),
+        loaded_at: SystemTime::now(),
+        server,
+        merchants: merchants.into_iter().map(|(m, _)| m).collect(),
+        channels,
+        rules,
+        simulators,
+        rule_index,
+        merchant_by_key,
+    })
+}
+
+struct Checker<'a> {
+    base: PathBuf,
+    line_starts: Vec<usize>,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(file: &Path, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        let base = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self {
+            base,
+            line_starts,
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, at: &Range<usize>, message: String) {
+        let offset = at.start.min(self.text.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self.text[start..offset].chars().count() + 1;
+        self.problems.push(Problem {
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.base.join(path)
+    }
+
+    fn address(&mut self, value: Option<&Spanned<String>>, default: &str, key: &str) -> SocketAddr {
+        let fallback = || {
+            default
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
+        let Some(value) = value else {
+            return fallback();
+        };
+        value.get_ref().parse().unwrap_or_else(|_| {
+            self.problem(
+                &value.span(),
+                format!(
+                    "`{key}` must be an IP address and port such as \"127.0.0.1:8080\", not {:?}",
+                    value.get_ref()
+                ),
+            );
+            fallback()
+        })
+    }
+
+    fn positive(&mut self, value: Option<&Spanned<u64>>, default: u64, key: &str) -> u64 {
+        match value {
+            None => default,
+            Some(v) if *v.get_ref() == 0 => {
+                self.problem(&v.span(), format!("`{key}` must be greater than 0"));
+                default
+            }
+            Some(v) => *v.get_ref(),
+        }
+    }
+
+    fn server(&mut self, raw: &RawServer) -> Server {
+        let listen = self.address(raw.listen.as_ref(), DEFAULT_LISTEN, "listen");
+        let admin_listen = self.address(
+            raw.admin_listen.as_ref(),
+            DEFAULT_ADMIN_LISTEN,
+            "admin_listen",
+        );
+        if let (Some(at), true) = (raw.admin_listen.as_ref(), listen == admin_listen) {
+            self.problem(
+                &at.span(),
+                "`admin_listen` must differ from `listen`: the admin API never shares the merchant port".into(),
+            );
+        }
+        let max_body_bytes = self.positive(
+            raw.max_body_bytes.as_ref(),
+            DEFAULT_MAX_BODY_BYTES,
+            "max_body_bytes",
+        );
+        let request_timeout_ms = self.positive(
+            raw.request_timeout_ms.as_ref(),
+            DEFAULT_REQUEST_TIMEOUT_MS,
+            "request_timeout_ms",
+        );
+        let header_read_timeout_ms = self.positive(
+            raw.header_read_timeout_ms.as_ref(),
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+            "header_read_timeout_ms",
+        );
+        let max_headers =
+            self.positive(raw.max_headers.as_ref(), DEFAULT_MAX_HEADERS, "max_headers");
+        let tls = raw.tls.as_ref().map(|tls| self.server_tls(tls.get_ref()));
+        Server {
+            listen,
+            admin_listen,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            request_timeout: Duration::from_millis(request_timeout_ms),
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            max_headers: usize::try_from(max_headers).unwrap_or(usize::MAX),
+            tls,
+        }
+    }
+
+    fn server_tls(&mut self, raw: &RawServerTls) -> ServerTls {
+        let cert = self.certificate_file(&raw.cert);
+        let key = self.key_file(&raw.key);
+        let client_ca = raw.client_ca.as_ref().map(|ca| self.certificate_file(ca));
+        ServerTls {
+            cert,
+            key,
+            client_ca,
+        }
+    }
+
+    fn certificate_file(&mut self, raw: &Spanned<String>) -> PathBuf {
+        let path = self.resolve(raw.get_ref());
+        if let Err(e) = crate::tls::load_certs(&path) {
+            self.problem(&raw.span(), e.to_string());
+        }
+        path
+    }
+
+    fn key_file(&mut self, raw: &Spanned<String>) -> PathBuf {
+        let path = self.resolve(raw.get_ref());
+        if let Err(e) = crate::tls::load_key(&path) {
+            self.problem(&raw.span(), e.to_string());
+        }
+        path
+    }
+
+    fn strategy(&mut self, raw: &Spanned<String>) -> Option<Strategy> {
+        let parsed = Strategy::parse(raw.get_ref());
+        if parsed.is_none() {
+            self.problem(
+                &raw.span(),
+                format!(
+                    "unknown strategy {:?}: use \"adaptive\", \"weighted\" or \"priority\"",
+                    raw.get_ref()
+                ),
+            );
+        }
+        parsed
+    }
+
+    fn default_strategy(&mut self, raw: &RawRouting) -> Strategy {
+        raw.strategy
+            .as_ref()
+            .and_then(|s| self.strategy(s))
+            .unwrap_or(Strategy::Adaptive)
+    }
+
+    fn unique(&mut self, seen: &mut HashSet<String>, name: &Spanned<String>, what: &str) {
+        if name.get_ref().is_empty() {
+            self.problem(&name.span(), format!("{what} name must not be empty"));
+        } else if !seen.insert(name.get_ref().clone()) {
+            self.problem(
+                &name.span(),
+                format!(
+                    "duplicate {what} {:?}: names must be unique",
+                    name.get_ref()
+                ),
+            );
+        }
+    }
+
+    fn currencies(&mut self, raw: &[Spanned<String>]) -> Vec<String> {
+        for code in raw {
+            if !iso::is_currency(code.get_ref()) {
+                self.problem(
+                    &code.span(),
+                    format!(
+                        "{:?} is not an ISO 4217 currency code (three capital letters, such as \"EUR\")",
+                        code.get_ref()
+                    ),
+                );
+            }
+        }
+        plain(raw)
+    }
+
+    fn countries(&mut self, raw: &[Spanned<String>]) -> Vec<String> {
+        for code in raw {
+            if !iso::is_country(code.get_ref()) {
+                self.problem(
+                    &code.span(),
+                    format!(
+                        "{:?} is not an ISO 3166-1 alpha-2 country code (two capital letters, such as \"DE\")",
+                        code.get_ref()
+                    ),
+                );
+            }
+        }
+        plain(raw)
+    }
+
+    fn amount_range(
+        &mut self,
+        min: Option<&Spanned<u64>>,
+        max: Option<&Spanned<u64>>,
+        what: &str,
+    ) -> (u64, u64) {
+        let low = min.map_or(1, |m| *m.get_ref());
+        let high = max.map_or(u64::MAX, |m| *m.get_ref());
+        if low > high {
+            let at = min.map_or(0..0, Spanned::span);
+            self.problem(
+                &at,
+                format!("{what}: min_amount {low} is greater than max_amount {high}"),
+            );
+        }
+        (low, high)
+    }
+
+    fn rate_limit(&mut self, raw: Option<&Spanned<RawRateLimit>>) -> Option<RateLimit> {
+        let raw = raw?;
+        let limit = raw.get_ref();
+        if limit.per_second == 0 || limit.burst == Some(0) {
+            self.problem(
+                &raw.span(),
+                "rate_limit: per_second and burst must be greater than 0".into(),
+            );
+            return None;
+        }
+        Some(RateLimit {
+            per_second: limit.per_second,
+            burst: limit.burst.unwrap_or(limit.per_second),
+        })
+    }
+
+    fn merchants(&mut self, raw: &[Spanned<RawMerchant>]) -> Vec<(Merchant, [u8; 32])> {
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut merchants = Vec::with_capacity(raw.len());
+        for merchant in raw {
+            let m = merchant.get_ref();
+            self.unique(&mut names, &m.id, "merchant");
+            let key = self.key_hash(&m.api_key_sha256);
+            if key != [0; 32] && !keys.insert(key) {
+                self.problem(
+                    &m.api_key_sha256.span(),
+                    format!(
+                        "merchant {:?} has the same API key as another merchant",
+                        m.id.get_ref()
+                    ),
+                );
+            }
+            let currencies = self.currencies(&m.currencies);
+            let rate_limit = self.rate_limit(m.rate_limit.as_ref());
+            merchants.push((
+                Merchant {
+                    id: m.id.get_ref().clone(),
+                    methods: plain(&m.methods),
+                    currencies,
+                    rate_limit,
+                },
+                key,
+            ));
+        }
+        merchants
+    }
+
+    fn key_hash(&mut self, raw: &Spanned<String>) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(raw.get_ref(), &mut key).is_err() {
+            self.problem(
+                &raw.span(),
+                "api_key_sha256 must be the 64 hex digits of the key's SHA-256 (for example: printf %s KEY | sha256sum)".into(),
+            );
+        }
+        key
+    }
+
+    fn simulators(&mut self, raw: &[Spanned<RawSimulator>]) -> Vec<Simulator> {
+        let mut names = HashSet::new();
+        let mut simulators = Vec::with_capacity(raw.len());
+        for sim in raw {
+            let s = sim.get_ref();
+            self.unique(&mut names, &s.name, "simulator");
+            for problem in s.behavior.problems() {
+                self.problem(
+                    &sim.span(),
+                    format!("simulator {:?}: {problem}", s.name.get_ref()),
+                );
+            }
+            let listen = self.address(s.listen.as_ref(), DEFAULT_SIMULATOR_LISTEN, "listen");
+            let schedule = match &s.schedule {
+                None => Schedule::default(),
+                Some(path) => {
+                    Schedule::from_file(&self.resolve(path.get_ref())).unwrap_or_else(|e| {
+                        self.problem(&path.span(), e.to_string());
+                        Schedule::default()
+                    })
+                }
+            };
+            simulators.push(Simulator {
+                name: s.name.get_ref().clone(),
+                listen,
+                behavior: s.behavior.clone(),
+                schedule,
+            });
+        }
+        simulators
+    }
+
+    fn endpoint(&mut self, raw: &Spanned<String>, simulators: &[Simulator]) -> Endpoint {
+        let url = raw.get_ref().trim_end_matches('/');
+        if let Some(name) = url.strip_prefix("sim://") {
+            if !simulators.iter().any(|s| s.name == name) {
+                self.problem(
+                    &raw.span(),
+                    format!("no [[simulators]] entry is named {name:?}"),
+                );
+            }
+            return Endpoint::Simulator(name.to_string());
+        }
+        let valid = match url.parse::<http::Uri>() {
+            Ok(uri) => {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some()
+                    && uri.query().is_none()
+            }
+            Err(_) => false,
+        };
+        if !valid {
+            self.problem(
+                &raw.span(),
+                format!(
+                    "{:?} is not a channel URL: use http://host:port, https://host:port or sim://NAME",
+                    raw.get_ref()
+                ),
+            );
+        }
+        Endpoint::Url(url.to_string())
+    }
+
+    fn headers(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, Spanned<String>>,
+        channel: &str,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::with_capacity(raw.len());
+        for (name, value) in raw {
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                self.problem(
+                    &value.span(),
+                    format!("{name:?} is not a valid HTTP header name"),
+                );
+                continue;
+            };
+            let text = match value.get_ref().strip_prefix("env:") {
+                Some(var) => match std::env::var(var) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        self.problem(
+                            &value.span(),
+                            format!("environment variable {var} (header {name} of channel {channel:?}) is not set"),
+                        );
+                        continue;
+                    }
+                },
+                None if is_secret_header(name) => {
+                    self.problem(
+                        &value.span(),
+                        format!("header {name} of channel {channel:?} holds a credential: write \"env:VARIABLE\" and set the variable, never the secret itself"),
+                    );
+                    continue;
+                }
+                None => value.get_ref().clone(),
+            };
+            match HeaderValue::from_str(&text) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.push((header, v));
+                }
+                Err(_) => self.problem(
+                    &value.span(),
+                    format!("the value of header {name} of channel {channel:?} is not a valid HTTP header value"),
+                ),
+            }
+        }
+        headers
+    }
+
+    fn channel_tls(&mut self, raw: Option<&Spanned<RawChannelTls>>) -> ChannelTls {
+        let Some(raw) = raw else {
+            return ChannelTls::default();
+        };
+        let tls = raw.get_ref();
+        let ca_file = tls.ca_file.as_ref().map(|ca| self.certificate_file(ca));
+        let client_identity = match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => Some((self.certificate_file(cert), self.key_file(key))),
+            (None, None) => None,
+            _ => {
+                self.problem(
+                    &raw.span(),
+                    "tls: client_cert and client_key go together: give both or neither".into(),
+                );
+                None
+            }
+        };
+        ChannelTls {
+            ca_file,
+            client_identity,
+        }
+    }
+
+    fn fee(&mut self, raw: Option<&Spanned<RawFee>>) -> Fee {
+        let Some(raw) = raw else {
+            return Fee::default();
+        };
+        let fee = raw.get_ref();
+        if !(0.0..=100.0).contains(&fee.percent) {
+            self.problem(
+                &raw.span(),
+                format!("fee percent {} must be between 0 and 100", fee.percent),
+            );
+            return Fee::default();
+        }
+        // percent is a rate, not money: held as parts per million so fees compute in integers.
+        let ppm = (fee.percent * 10_000.0).round() as u64;
+        Fee {
+            ppm,
+            fixed: fee.fixed,
+        }
+    }
+
+    fn channels(&mut self, raw: &[Spanned<RawChannel>], simulators: &[Simulator]) -> Vec<Channel> {
+        let mut names = HashSet::new();
+        let mut channels = Vec::with_capacity(raw.len());
+        for (id, channel) in raw.iter().enumerate() {
+            let c = channel.get_ref();
+            self.unique(&mut names, &c.name, "channel");
+            let name = c.name.get_ref().clone();
+            let endpoint = self.endpoint(&c.url, simulators);
+            let protocol = match &c.protocol {
+                None => Protocol::PaygateV1,
+                Some(p) => Protocol::parse(p.get_ref()).unwrap_or_else(|| {
+                    self.problem(
+                        &p.span(),
+                        format!(
+                            "unknown protocol {:?}: the supported one is \"paygate-v1\"",
+                            p.get_ref()
+                        ),
+                    );
+                    Protocol::PaygateV1
+                }),
+            };
+            let headers = self.headers(&c.headers, &name);
+            let timeout = self.positive(
+                c.timeout_ms.as_ref(),
+                DEFAULT_CHANNEL_TIMEOUT_MS,
+                "timeout_ms",
+            );
+            let connect_timeout = self.positive(
+                c.connect_timeout_ms.as_ref(),
+                DEFAULT_CONNECT_TIMEOUT_MS,
+                "connect_timeout_ms",
+            );
+            let currencies = self.currencies(&c.currencies);
+            let countries = self.countries(&c.countries);
+            let (min_amount, max_amount) = self.amount_range(
+                c.min_amount.as_ref(),
+                c.max_amount.as_ref(),
+                &format!("channel {name:?}"),
+            );
+            let fee = self.fee(c.fee.as_ref());
+            let rate_limit = self.rate_limit(c.rate_limit.as_ref());
+            let tls = self.channel_tls(c.tls.as_ref());
+            channels.push(Channel {
+                id,
+                name,
+                endpoint,
+                protocol,
+                headers,
+                timeout: Duration::from_millis(timeout),
+                connect_timeout: Duration::from_millis(connect_timeout),
+                max_idle_connections: c
+                    .max_idle_connections
+                    .unwrap_or(DEFAULT_MAX_IDLE_CONNECTIONS),
+                currencies,
+                methods: plain(&c.methods),
+                countries,
+                min_amount,
+                max_amount,
+                fee,
+                rate_limit,
+                retryable_codes: c.retryable_codes.clone(),
+                weight: c.weight.unwrap_or(1),
+                tls,
+            });
+        }
+        channels
+    }
+
+    fn rules(
+        &mut self,
+        raw: &[Spanned<RawRule>],
+        channels: &[Channel],
+        merchants: &[(Merchant, [u8; 32])],
+        default_strategy: Strategy,
+    ) -> Vec<Rule> {
+        let mut names = HashSet::new();
+        let mut rules = Vec::with_capacity(raw.len());
+        for rule in raw {
+            let r = rule.get_ref();
+            self.unique(&mut names, &r.name, "rule");
+            let name = r.name.get_ref().clone();
+            let strategy = r
+                .strategy
+                .as_ref()
+                .and_then(|s| self.strategy(s))
+                .unwrap_or(default_strategy);
+            let ids = self.rule_channels(r, channels);
+            if strategy == Strategy::Weighted
+                && !ids.is_empty()
+                && ids.iter().all(|&i| channels[i].weight == 0)
+            {
+                self.problem(
+                    &r.channels.span(),
+                    format!("rule {name:?} is weighted but every channel it lists has weight 0"),
+                );
+            }
+            let matcher = self.matcher(&r.matcher, merchants, &name);
+            rules.push(Rule {
+                name,
+                channels: ids,
+                strategy,
+                matcher,
+            });
+        }
+        rules
+    }
+
+    fn rule_channels(&mut self, rule: &RawRule, channels: &[Channel]) -> Vec<ChannelId> {
+        if rule.channels.get_ref().is_empty() {
+            self.problem(
+                &rule.channels.span(),
+                format!("rule {:?} lists no channel", rule.name.get_ref()),
+            );
+        }
+        let mut ids = Vec::with_capacity(rule.channels.get_ref().len());
+        for name in rule.channels.get_ref() {
+            match channels.iter().find(|c| &c.name == name.get_ref()) {
+                Some(c) if ids.contains(&c.id) => self.problem(
+                    &name.span(),
+                    format!(
+                        "rule {:?} lists channel {:?} twice",
+                        rule.name.get_ref(),
+                        name.get_ref()
+                    ),
+                ),
+                Some(c) => ids.push(c.id),
+                None => self.problem(
+                    &name.span(),
+                    format!(
+                        "rule {:?} names unknown channel {:?}",
+                        rule.name.get_ref(),
+                        name.get_ref()
+                    ),
+                ),
+            }
+        }
+        ids
+    }
+
+    fn matcher(&mut self, raw: &RawMatch, merchants: &[(Merchant, [u8; 32])], rule: &str) -> Match {
+        for merchant in &raw.merchants {
+            if !merchants.iter().any(|(m, _)| &m.id == merchant.get_ref()) {
+                self.problem(
+                    &merchant.span(),
+                    format!(
+                        "rule {rule:?} matches unknown merchant {:?}",
+                        merchant.get_ref()
+                    ),
+                );
+            }
+        }
+        let currencies = self.currencies(&raw.currencies);
+        let countries = self.countries(&raw.countries);
+        let (min_amount, max_amount) = self.amount_range(
+            raw.min_amount.as_ref(),
+            raw.max_amount.as_ref(),
+            &format!("rule {rule:?}"),
+        );
+        Match {
+            merchants: plain(&raw.merchants),
+            currencies,
+            methods: plain(&raw.methods),
+            countries,
+            min_amount,
+            max_amount,
+        }
+    }
+}
+
+fn plain(raw: &[Spanned<String>]) -> Vec<String> {
+    raw.iter().map(|s| s.get_ref().clone()).collect()
+}
+
+fn is_secret_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_HEADER_HINTS.iter().any(|hint| lower.contains(hint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match build(Path::new("routes.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p,
+        }
+    }
+
+    const KEY: &str = "2b7fcaa2a5d9a6a4d4b4bf6c5b6a3f6ad1f5b5ea0c2b6a5f6e2c0b8b9e7d6e1f";
+
+    #[test]
+    fn reports_each_problem_at_its_line() {
+        let text = format!(
+            r#"
+[[merchants]]
+id = "m"
+api_key_sha256 = "{KEY}"
+
+[[channels]]
+name = "a"
+url = "http://127.0.0.1:1"
+currencies = ["EUR", "EURO"]
+min_amount = 10
+max_amount = 5
+
+[[channels]]
+name = "a"
+url = "http://127.0.0.1:2"
+
+[[rules]]
+name = "r"
+channels = ["a", "nope"]
+"#
+        );
+        let found = problems(&text);
+        let lines: Vec<usize> = found.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![9, 10, 14, 19], "{found:?}");
+        assert!(found[0].message.contains("\"EURO\" is not an ISO 4217"));
+        assert!(
+            found[1]
+                .message
+                .contains("min_amount 10 is greater than max_amount 5")
+        );
+        assert!(found[2].message.contains("duplicate channel \"a\""));
+        assert!(found[3].message.contains("unknown channel \"nope\""));
+        assert_eq!(found[3].column, 18);
+    }
+
+    #[test]
+    fn syntax_error_has_a_place() {
+        let found = problems("[server]\nlisten = \n");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].line, 2);
+    }
+
+    #[test]
+    fn credentials_must_come_from_the_environment() {
+        let text = r#"
+[[channels]]
+name = "a"
+url = "http://127.0.0.1:1"
+headers = { Authorization = "Bearer sk_live_123", X-Psp-Key = "env:PAYGATE_TEST_SURELY_UNSET" }
+"#;
+        let found = problems(text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.message.contains("holds a credential"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.message.contains("PAYGATE_TEST_SURELY_UNSET"))
+        );
+    }
+
+    #[test]
+    fn fee_is_integer_parts_per_million() {
+        let fee = Fee {
+            ppm: 19_000,
+            fixed: 25,
+        };
+        assert_eq!(fee.of(10_000), 215);
+        assert_eq!(fee.of(u64::MAX), u64::MAX);
+    }
+}

@@ -1,0 +1,94 @@
+//! The `paygate` command line: parses arguments, calls into the library, maps errors to exit
+//! codes. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "paygate", version, about = "Payment routing gateway")]
+struct Cli {
+    /// The routes file.
+    #[arg(
+        long,
+        global = true,
+        env = "PAYGATE_CONFIG",
+        default_value = "routes.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate a routes file: exit 0 with a summary, or print every problem and exit 1.
+    Check {
+        /// The file to check (default: --config).
+        path: Option<PathBuf>,
+    },
+    /// Run the PSP simulator (protocol paygate-v1).
+    MockPsp(Box<paygate::sim::MockPspArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check { path } => check(&path.unwrap_or(cli.config)),
+        Command::Serve => run(async move { paygate::server::serve(&cli.config).await }),
+        Command::MockPsp(args) => run(paygate::sim::run(*args)),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match paygate::config::Config::load(path) {
+        Ok(config) => {
+            println!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: {} problem(s)", path.display(), e.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run<E: std::fmt::Display>(task: impl Future<Output = Result<(), E>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("paygate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paygate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries the listening line); `RUST_LOG` filters,
+/// `PAYGATE_LOG_FORMAT=json` switches to JSON lines.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("PAYGATE_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

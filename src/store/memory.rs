@@ -1,0 +1,45 @@
+//! The in-memory payment store: a sharded map, so that payments of different requests never
+//! contend on one lock. Lost at restart (the journal backend keeps them).
+
+use dashmap::DashMap;
+
+use super::{Payment, PaymentStore};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    payments: DashMap<String, Payment>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.payments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payments.is_empty()
+    }
+}
+
+impl PaymentStore for MemoryStore {
+    fn insert(&self, payment: Payment) {
+        self.payments.insert(payment.id.clone(), payment);
+    }
+
+    fn get(&self, id: &str) -> Option<Payment> {
+        self.payments.get(id).map(|p| p.clone())
+    }
+
+    fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool {
+        match self.payments.get_mut(id) {
+            Some(mut payment) => {
+                change(&mut payment);
+                true
+            }
+            None => false,
+        }
+    }
+}

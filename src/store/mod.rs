@@ -1,0 +1,171 @@
+//! Payments and their attempts: the record `GET /v1/payments/{id}` answers from and that
+//! decides where a capture or refund may go.
+//!
+//! The store is a trait so that a durable backend (journal) can replace the memory one
+//! without touching the handlers. A store only keeps records: business checks (how much may
+//! be captured) belong to the handlers, which change a payment through `update`. A store never
+//! holds card data beyond [`MaskedCard`].
+
+mod memory;
+
+use serde::Serialize;
+
+pub use memory::MemoryStore;
+
+/// Where a payment stands; the contract's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    Succeeded,
+    Declined,
+    Pending,
+    Failed,
+}
+
+/// What one call to a channel came to; the contract's `outcome` values plus `pending` for a
+/// PSP that answered that it has not decided yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Declined,
+    Pending,
+    /// Refused before processing (connection refused, 503, 429): safe to try elsewhere.
+    Unavailable,
+    /// A fault after the request may have been processed (5xx, reset, bad answer).
+    Error,
+    Timeout,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Declined => "declined",
+            Self::Pending => "pending",
+            Self::Unavailable => "unavailable",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// One call to a channel for a payment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub channel: String,
+    pub outcome: Outcome,
+    pub latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psp_reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<String>,
+}
+
+/// The card as far as paygate may keep it: first six and last four digits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MaskedCard {
+    pub bin: String,
+    pub last4: String,
+}
+
+impl MaskedCard {
+    /// None when `number` is not a plausible card number (12 to 19 digits).
+    pub fn from_number(number: &str) -> Option<Self> {
+        let valid = (12..=19).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit());
+        valid.then(|| Self {
+            bin: number[..6].to_string(),
+            last4: number[number.len() - 4..].to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowUpKind {
+    Capture,
+    Refund,
+}
+
+/// A capture or refund of a payment.
+#[derive(Debug, Clone, Serialize)]
+pub struct FollowUp {
+    pub id: String,
+    pub payment_id: String,
+    pub kind: FollowUpKind,
+    pub status: PaymentStatus,
+    pub amount: u64,
+    pub channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psp_reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Payment {
+    pub id: String,
+    pub merchant: String,
+    pub status: PaymentStatus,
+    pub amount: u64,
+    pub currency: String,
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The channel that answered last (authorized, declined or left it pending).
+    pub channel: Option<String>,
+    pub psp_reference: Option<String>,
+    pub decline_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card: Option<MaskedCard>,
+    /// Amount captured so far (the whole amount for `"capture": true`).
+    pub captured_amount: u64,
+    pub refunded_amount: u64,
+    /// Amounts of captures and refunds sent but not yet answered; they count against what is
+    /// left, so two concurrent captures cannot exceed the authorization.
+    #[serde(skip)]
+    pub capture_in_flight: u64,
+    #[serde(skip)]
+    pub refund_in_flight: u64,
+    pub attempts: Vec<Attempt>,
+    pub operations: Vec<FollowUp>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// Keeps payments. Implementations must be safe to share between all request tasks.
+pub trait PaymentStore: Send + Sync + 'static {
+    fn insert(&self, payment: Payment);
+    fn get(&self, id: &str) -> Option<Payment>;
+    /// Applies `change` to the stored payment atomically with respect to other updates of the
+    /// same payment; false when the payment is unknown.
+    fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool;
+}
+
+/// Milliseconds since the Unix epoch, for record timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_card_keeps_six_and_four() {
+        let card = MaskedCard::from_number("4111111111111111");
+        assert_eq!(
+            card,
+            Some(MaskedCard {
+                bin: "411111".into(),
+                last4: "1111".into()
+            })
+        );
+        assert_eq!(MaskedCard::from_number("4111"), None);
+        assert_eq!(MaskedCard::from_number("4111-1111-1111-1111"), None);
+    }
+}

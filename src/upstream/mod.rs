@@ -1,0 +1,246 @@
+//! Channel clients: one pooled HTTP client per channel (keep-alive, connect and request
+//! timeouts, rustls for https), and the one function that performs a call and classifies
+//! what happened.
+//!
+//! This module owns every outbound connection; nothing else in paygate opens one to a PSP.
+//! It knows nothing about routing or payments beyond the [`Call`] it is handed. The pool is
+//! hyper-util's; replacing it stays inside this module.
+
+mod paygate_v1;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub use protocol::{Call, CallContext, Reply};
+
+use crate::config::{Channel, Config, Endpoint, Protocol};
+use crate::store::Outcome;
+use protocol::PspProtocol;
+
+/// A PSP answer larger than this is a fault, not something to buffer.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Idle pooled connections are closed after this; PSP load balancers commonly drop idle
+/// connections after 60 to 350 s, so staying under the low end avoids writing into a
+/// connection the far end has already closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("channel {channel:?}: {source}")]
+    Tls {
+        channel: String,
+        source: crate::tls::TlsError,
+    },
+    #[error("channel {channel:?} uses simulator {simulator:?}, which is not running")]
+    NoSimulator { channel: String, simulator: String },
+}
+
+/// What one call came to.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub outcome: Outcome,
+    pub psp_reference: Option<String>,
+    pub decline_code: Option<String>,
+    pub latency: Duration,
+    /// Why a call failed, for logs; never shown to merchants verbatim.
+    pub detail: Option<String>,
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client for one channel.
+pub struct ChannelClient {
+    pub name: String,
+    base: String,
+    protocol: Box<dyn PspProtocol>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+    client: HttpClient,
+}
+
+/// Clients for every channel of a config, indexed by channel id.
+pub struct Upstreams {
+    channels: Vec<ChannelClient>,
+}
+
+impl Upstreams {
+    /// Builds a client per channel; `simulators` gives the address of each running
+    /// in-process simulator for `sim://` channels.
+    pub fn build(
+        config: &Config,
+        simulators: &HashMap<String, SocketAddr>,
+    ) -> Result<Self, UpstreamError> {
+        let channels = config
+            .channels
+            .iter()
+            .map(|c| ChannelClient::build(c, simulators))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { channels })
+    }
+
+    pub fn channel(&self, id: usize) -> Option<&ChannelClient> {
+        self.channels.get(id)
+    }
+}
+
+impl ChannelClient {
+    fn build(
+        channel: &Channel,
+        simulators: &HashMap<String, SocketAddr>,
+    ) -> Result<Self, UpstreamError> {
+        let base = match &channel.endpoint {
+            Endpoint::Url(url) => url.clone(),
+            Endpoint::Simulator(name) => match simulators.get(name) {
+                Some(addr) => format!("http://{addr}"),
+                None => {
+                    return Err(UpstreamError::NoSimulator {
+                        channel: channel.name.clone(),
+                        simulator: name.clone(),
+                    });
+                }
+            },
+        };
+        let tls_error = |source| UpstreamError::Tls {
+            channel: channel.name.clone(),
+            source,
+        };
+        let identity = channel
+            .tls
+            .client_identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let tls = crate::tls::client_config(channel.tls.ca_file.as_deref(), identity)
+            .map_err(tls_error)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(channel.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(channel.max_idle_connections)
+            .build(connector);
+        let protocol: Box<dyn PspProtocol> = match channel.protocol {
+            Protocol::PaygateV1 => Box::new(paygate_v1::PaygateV1),
+        };
+        Ok(Self {
+            name: channel.name.clone(),
+            base,
+            protocol,
+            headers: channel.headers.clone(),
+            timeout: channel.timeout,
+            client,
+        })
+    }
+
+    /// Performs `call`, giving up at the channel's timeout or at `deadline`, whichever is
+    /// first. Never fails: every fault is an [`Exchange`] with its outcome.
+    pub async fn send(
+        &self,
+        call: &Call<'_>,
+        context: &CallContext<'_>,
+        deadline: Instant,
+    ) -> Exchange {
+        let started = Instant::now();
+        let limit = deadline.min(started + self.timeout);
+        let reply = match tokio::time::timeout_at(limit.into(), self.exchange(call, context)).await
+        {
+            Ok(reply) => reply,
+            Err(_) => Err((Outcome::Timeout, "no answer before the timeout".to_string())),
+        };
+        let latency = started.elapsed();
+        match reply {
+            Ok(Reply::Succeeded { psp_reference }) => {
+                exchange(Outcome::Succeeded, Some(psp_reference), None, latency, None)
+            }
+            Ok(Reply::Declined {
+                psp_reference,
+                code,
+            }) => exchange(Outcome::Declined, psp_reference, Some(code), latency, None),
+            Ok(Reply::Pending { psp_reference }) => {
+                exchange(Outcome::Pending, psp_reference, None, latency, None)
+            }
+            Ok(Reply::Unavailable { reason }) => {
+                exchange(Outcome::Unavailable, None, None, latency, Some(reason))
+            }
+            Ok(Reply::Error { reason }) => {
+                exchange(Outcome::Error, None, None, latency, Some(reason))
+            }
+            Err((outcome, reason)) => exchange(outcome, None, None, latency, Some(reason)),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        call: &Call<'_>,
+        context: &CallContext<'_>,
+    ) -> Result<Reply, (Outcome, String)> {
+        let mut request = self
+            .protocol
+            .request(&self.base, call, context)
+            .map_err(|e| (Outcome::Unavailable, e.to_string()))?;
+        let headers = request.headers_mut();
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let response = self.client.request(request).await.map_err(|e| {
+            // A connect error means nothing was written: the PSP surely did not process it.
+            // Anything later (reset, closed mid-answer) may have been processed.
+            let outcome = if e.is_connect() {
+                Outcome::Unavailable
+            } else {
+                Outcome::Error
+            };
+            (outcome, error_chain(&e))
+        })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| (Outcome::Error, format!("reading the PSP answer: {e}")))?
+            .to_bytes();
+        Ok(self.protocol.reply(status, &body))
+    }
+}
+
+fn exchange(
+    outcome: Outcome,
+    psp_reference: Option<String>,
+    decline_code: Option<String>,
+    latency: Duration,
+    detail: Option<String>,
+) -> Exchange {
+    Exchange {
+        outcome,
+        psp_reference,
+        decline_code,
+        latency,
+        detail,
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
