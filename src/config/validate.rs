@@ -154,7 +154,10 @@ impl<'a> Checker<'a> {
             DEFAULT_ADMIN_LISTEN,
             "admin_listen",
         );
-        if let (Some(at), true) = (raw.admin_listen.as_ref(), listen == admin_listen) {
+        if let (Some(at), true) = (
+            raw.admin_listen.as_ref(),
+            listen == admin_listen && listen.port() != 0,
+        ) {
             self.problem(
                 &at.span(),
                 "`admin_listen` must differ from `listen`: the admin API never shares the merchant port".into(),

@@ -1,0 +1,258 @@
+//! Shared helpers for the integration tests: start the real `paygate` binary (gateway or
+//! simulator) on 127.0.0.1 port 0, learn its port from its listening line, and talk HTTP to
+//! it. Processes are killed when their handle drops; every wait is bounded.
+
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Generous for a debug build on a busy two-core machine, still short enough to fail fast.
+const STARTUP: Duration = Duration::from_secs(30);
+const CALL: Duration = Duration::from_secs(20);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_paygate");
+/// The demo merchant's key and its SHA-256.
+pub const KEY: &str = "demo-key";
+pub const KEY_SHA256: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
+/// A second merchant, for isolation tests.
+pub const OTHER_KEY: &str = "other-key";
+
+/// A folder of its own for each test's files.
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "paygate-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// The `[server]` and `[[merchants]]` part every test config starts with: port 0 for both
+/// listeners, the demo merchant (`demo-key`) and a second one (`other-key`).
+pub fn base_config() -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[merchants]]
+id = "demo"
+api_key_sha256 = "{KEY_SHA256}"
+
+[[merchants]]
+id = "other"
+api_key_sha256 = "{}"
+"#,
+        sha256_hex(OTHER_KEY)
+    )
+}
+
+/// A running `paygate` process, killed on drop.
+pub struct Process {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of the merchant listener (or of the simulator).
+    pub base: String,
+    /// `http://127.0.0.1:PORT` of the admin listener (gateway only).
+    pub admin: String,
+    /// Where the process's stderr (its logs) goes.
+    pub log: PathBuf,
+}
+
+impl Process {
+    async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
+        let log = scratch_dir().join("stderr.log");
+        let log_file = std::fs::File::create(&log).expect("create log file");
+        let mut child = Command::new(BIN)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start paygate");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let read = tokio::time::timeout(STARTUP, BufReader::new(stdout).read_line(&mut line)).await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            let logs = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("paygate {args:?} printed no listening line; stderr:\n{logs}");
+        }
+        let urls: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| w.contains("://"))
+            .map(|w| w.trim_end_matches(')'))
+            .collect();
+        Process {
+            child,
+            base: urls
+                .first()
+                .expect("a URL in the listening line")
+                .to_string(),
+            admin: urls.get(1).map(|s| s.to_string()).unwrap_or_default(),
+            log,
+        }
+    }
+
+    /// `paygate --config FILE serve` on `routes` (a whole routes.toml text).
+    pub async fn gateway(routes: &str) -> Process {
+        Self::gateway_with_env(routes, &[]).await
+    }
+
+    pub async fn gateway_with_env(routes: &str, envs: &[(&str, &str)]) -> Process {
+        let path = scratch_dir().join("routes.toml");
+        std::fs::write(&path, routes).expect("write routes file");
+        let config = path.to_string_lossy().into_owned();
+        Self::spawn(&["--config", &config, "serve"], envs).await
+    }
+
+    /// `paygate mock-psp --listen 127.0.0.1:0 FLAGS...`.
+    pub async fn mock_psp(flags: &[&str]) -> Process {
+        let mut args = vec!["mock-psp", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        Self::spawn(&args, &[]).await
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The simulator's `/_sim/stats`.
+    pub async fn stats(&self) -> Value {
+        let answer = send(Method::GET, &format!("{}/_sim/stats", self.base), &[], "").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        answer.json
+    }
+}
+
+/// What a request got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub json: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The contract error type, for an error answer.
+    pub fn error_type(&self) -> &str {
+        self.json["error"]["type"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid request");
+    let response = tokio::time::timeout(CALL, client.request(request))
+        .await
+        .expect("answer in time")
+        .expect("an HTTP answer");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("read body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        json,
+    }
+}
+
+/// `POST /v1/payments` as the demo merchant.
+pub async fn pay(gateway: &Process, body: &Value) -> Answer {
+    pay_as(gateway, KEY, body).await
+}
+
+pub async fn pay_as(gateway: &Process, key: &str, body: &Value) -> Answer {
+    let auth = format!("Bearer {key}");
+    send(
+        Method::POST,
+        &format!("{}/v1/payments", gateway.base),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// `POST /v1/payments/{id}/{action}` (capture or refunds) as the demo merchant.
+pub async fn follow_up(gateway: &Process, id: &str, action: &str, body: &str) -> Answer {
+    let auth = format!("Bearer {KEY}");
+    send(
+        Method::POST,
+        &format!("{}/v1/payments/{id}/{action}", gateway.base),
+        &[("authorization", &auth)],
+        body,
+    )
+    .await
+}
+
+pub async fn get_payment(gateway: &Process, key: &str, id: &str) -> Answer {
+    let auth = format!("Bearer {key}");
+    send(
+        Method::GET,
+        &format!("{}/v1/payments/{id}", gateway.base),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+}
+
+/// A card payment body.
+pub fn card_payment(amount: u64, currency: &str) -> Value {
+    serde_json::json!({
+        "amount": amount, "currency": currency, "method": "card", "country": "DE",
+        "reference": "order-1", "capture": false,
+        "card": { "number": "4111111111111111", "exp_month": 12, "exp_year": 2030, "cvc": "123" }
+    })
+}
+
+/// A `[[channels]]` table pointing at `sim` (a running mock-psp).
+pub fn channel(name: &str, sim: &Process, extra: &str) -> String {
+    format!(
+        "\n[[channels]]\nname = \"{name}\"\nurl = \"{}\"\n{extra}\n",
+        sim.base
+    )
+}
