@@ -55,7 +55,11 @@ fn routes(merchants: usize, bands: usize) -> String {
 fn payments(merchants: usize) -> Vec<(String, &'static str, &'static str, u64)> {
     (0..64)
         .map(|i| {
-            let merchant = if i % 4 == 0 { merchants - 1 } else { (i * 7919) % merchants };
+            let merchant = if i % 4 == 0 {
+                merchants - 1
+            } else {
+                (i * 7919) % merchants
+            };
             (
                 format!("m{merchant}"),
                 CURRENCIES[i % CURRENCIES.len()],
@@ -73,8 +77,11 @@ fn bench_decide(c: &mut Criterion) {
     for (label, merchants, bands) in [("10_rules", 1, 1), ("10000_rules", 250, 5)] {
         let text = routes(merchants, bands);
         let config = Config::parse(Path::new("bench.toml"), &text).expect("valid bench routes");
-        let scores: Vec<Arc<ChannelScore>> =
-            config.channels.iter().map(|_| Arc::new(ChannelScore::new())).collect();
+        let scores: Vec<Arc<ChannelScore>> = config
+            .channels
+            .iter()
+            .map(|_| Arc::new(ChannelScore::new()))
+            .collect();
         let payments = payments(merchants);
         eprintln!("{label}: {} rules", config.rules.len());
         group.bench_function(label, |b| {
@@ -100,7 +107,8 @@ fn bench_decide(c: &mut Criterion) {
                     i += 1;
                     black_box(config.rules.iter().position(|r| {
                         let m = &r.matcher;
-                        let listed = |l: &[String], v: &str| l.is_empty() || l.iter().any(|x| x == v);
+                        let listed =
+                            |l: &[String], v: &str| l.is_empty() || l.iter().any(|x| x == v);
                         listed(&m.merchants, merchant)
                             && listed(&m.currencies, currency)
                             && listed(&m.methods, method)

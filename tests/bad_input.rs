@@ -24,15 +24,27 @@ async fn gateway_with_sim(server_extra: &str) -> (Process, Process) {
 }
 
 async fn post_raw(gateway: &Process, headers: &[(&str, &str)], body: &str) -> Answer {
-    send(Method::POST, &format!("{}/v1/payments", gateway.base), headers, body).await
+    send(
+        Method::POST,
+        &format!("{}/v1/payments", gateway.base),
+        headers,
+        body,
+    )
+    .await
 }
 
 fn assert_error(answer: &Answer, status: StatusCode, kind: &str, needle: &str) {
     assert_eq!(answer.status, status, "{:?}", answer.json);
     assert_eq!(answer.error_type(), kind, "{:?}", answer.json);
     let message = answer.json["error"]["message"].as_str().unwrap_or("");
-    assert!(message.contains(needle), "{message:?} should name {needle:?}");
-    assert_eq!(answer.json["error"]["request_id"], answer.header("x-request-id"));
+    assert!(
+        message.contains(needle),
+        "{message:?} should name {needle:?}"
+    );
+    assert_eq!(
+        answer.json["error"]["request_id"],
+        answer.header("x-request-id")
+    );
     assert!(!answer.header("x-request-id").is_empty());
 }
 
@@ -40,7 +52,10 @@ fn assert_error(answer: &Answer, status: StatusCode, kind: &str, needle: &str) {
 async fn each_bad_payment_gets_its_error() {
     let (gateway, sim) = gateway_with_sim("max_body_bytes = 2048").await;
     let auth = format!("Bearer {KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
     let valid = || card_payment(1999, "EUR");
     let with = |field: &str, value: Value| {
         let mut body = valid();
@@ -48,21 +63,96 @@ async fn each_bad_payment_gets_its_error() {
         body.to_string()
     };
     let cases: Vec<(String, StatusCode, &str, &str)> = vec![
-        ("{\"amount\": 19".into(), StatusCode::BAD_REQUEST, "invalid_request", "JSON"),
-        ("[1, 2]".into(), StatusCode::BAD_REQUEST, "invalid_request", "JSON object"),
-        ("".into(), StatusCode::BAD_REQUEST, "invalid_request", "JSON"),
-        (with("amount", json!(-5)), StatusCode::BAD_REQUEST, "invalid_request", "amount"),
-        (with("amount", json!(0)), StatusCode::BAD_REQUEST, "invalid_request", "amount"),
-        (with("amount", json!(19.99)), StatusCode::BAD_REQUEST, "invalid_request", "amount"),
-        (with("amount", json!("1999")), StatusCode::BAD_REQUEST, "invalid_request", "amount"),
-        (with("amount", Value::Null), StatusCode::BAD_REQUEST, "invalid_request", "amount"),
-        (with("currency", json!("EURO")), StatusCode::BAD_REQUEST, "invalid_request", "currency"),
-        (with("currency", json!("XYZ")), StatusCode::BAD_REQUEST, "invalid_request", "currency"),
-        (with("currency", json!(978)), StatusCode::BAD_REQUEST, "invalid_request", "currency"),
-        (with("method", json!(["card"])), StatusCode::BAD_REQUEST, "invalid_request", "method"),
-        (with("country", json!("Germany")), StatusCode::BAD_REQUEST, "invalid_request", "country"),
-        (with("capture", json!("yes")), StatusCode::BAD_REQUEST, "invalid_request", "capture"),
-        (with("card", json!({"number": "4111-1111"})), StatusCode::BAD_REQUEST, "invalid_request", "card.number"),
+        (
+            "{\"amount\": 19".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "JSON",
+        ),
+        (
+            "[1, 2]".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "JSON object",
+        ),
+        (
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "JSON",
+        ),
+        (
+            with("amount", json!(-5)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "amount",
+        ),
+        (
+            with("amount", json!(0)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "amount",
+        ),
+        (
+            with("amount", json!(19.99)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "amount",
+        ),
+        (
+            with("amount", json!("1999")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "amount",
+        ),
+        (
+            with("amount", Value::Null),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "amount",
+        ),
+        (
+            with("currency", json!("EURO")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "currency",
+        ),
+        (
+            with("currency", json!("XYZ")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "currency",
+        ),
+        (
+            with("currency", json!(978)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "currency",
+        ),
+        (
+            with("method", json!(["card"])),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "method",
+        ),
+        (
+            with("country", json!("Germany")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "country",
+        ),
+        (
+            with("capture", json!("yes")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "capture",
+        ),
+        (
+            with("card", json!({"number": "4111-1111"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "card.number",
+        ),
         (
             with("metadata", json!("x".repeat(4096))),
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -87,10 +177,20 @@ async fn each_bad_payment_gets_its_error() {
 async fn authentication_routes_and_methods() {
     let (gateway, sim) = gateway_with_sim("").await;
     let body = card_payment(100, "EUR").to_string();
-    for auth in [None, Some("Bearer wrong-key"), Some("Basic ZGVtbzpkZW1v"), Some("Bearer ")] {
+    for auth in [
+        None,
+        Some("Bearer wrong-key"),
+        Some("Basic ZGVtbzpkZW1v"),
+        Some("Bearer "),
+    ] {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
         let answer = post_raw(&gateway, &headers, &body).await;
-        assert_error(&answer, StatusCode::UNAUTHORIZED, "unauthenticated", "API key");
+        assert_error(
+            &answer,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "API key",
+        );
     }
     let auth = format!("Bearer {KEY}");
     let headers = [("authorization", auth.as_str())];
@@ -100,9 +200,20 @@ async fn authentication_routes_and_methods() {
     let outside = send(Method::GET, &format!("{base}/"), &[], "").await;
     assert_error(&outside, StatusCode::NOT_FOUND, "not_found", "/");
     let wrong = send(Method::GET, &format!("{base}/v1/payments"), &headers, "").await;
-    assert_error(&wrong, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "POST");
+    assert_error(
+        &wrong,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "POST",
+    );
     assert_eq!(wrong.header("allow"), "POST");
-    let wrong = send(Method::DELETE, &format!("{base}/v1/payments/pay_1"), &headers, "").await;
+    let wrong = send(
+        Method::DELETE,
+        &format!("{base}/v1/payments/pay_1"),
+        &headers,
+        "",
+    )
+    .await;
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
     let missing = get_payment(&gateway, KEY, "pay_unknown").await;
     assert_error(&missing, StatusCode::NOT_FOUND, "not_found", "pay_unknown");
@@ -111,7 +222,10 @@ async fn authentication_routes_and_methods() {
     let mine = send(
         Method::GET,
         &format!("{base}/v1/payments/pay_x"),
-        &[("authorization", auth.as_str()), ("x-request-id", "merchant-req-77")],
+        &[
+            ("authorization", auth.as_str()),
+            ("x-request-id", "merchant-req-77"),
+        ],
         "",
     )
     .await;
@@ -135,7 +249,10 @@ async fn too_many_headers_is_refused_with_json() {
         "20",
     );
     assert_eq!(sim.stats().await["payments"], 0);
-    assert_eq!(pay(&gateway, &card_payment(100, "EUR")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        pay(&gateway, &card_payment(100, "EUR")).await.status,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
@@ -146,10 +263,15 @@ async fn slow_clients_are_cut_off() {
 
     // Headers that never finish: the connection is closed after the header timeout.
     let mut slow = TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"POST /v1/payments HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"POST /v1/payments HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buffer = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buffer)).await;
-    assert!(closed.is_ok(), "the connection should be closed, not left hanging");
+    assert!(
+        closed.is_ok(),
+        "the connection should be closed, not left hanging"
+    );
 
     // A body that never arrives: 408 within the request timeout.
     let mut trickle = TcpStream::connect(&addr).await.unwrap();
@@ -167,5 +289,8 @@ async fn slow_clients_are_cut_off() {
     assert!(text.contains("request_timeout"), "{text}");
 
     assert!(gateway.is_running());
-    assert_eq!(pay(&gateway, &card_payment(100, "EUR")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        pay(&gateway, &card_payment(100, "EUR")).await.status,
+        StatusCode::CREATED
+    );
 }

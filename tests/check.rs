@@ -70,7 +70,10 @@ fn check_names_the_line_of_each_problem() {
             .any(|l| l.starts_with(&prefix) && l.contains(needle));
         assert!(found, "expected {needle:?} at {prefix} in:\n{stderr}");
     }
-    assert!(stderr.contains(&format!("{} problem(s)", expected.len())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} problem(s)", expected.len())),
+        "{stderr}"
+    );
 
     // serve refuses the same file with the same messages.
     let (code, stdout, serve_err) = run(&["--config", &file, "serve"]);
@@ -83,22 +86,39 @@ fn check_names_the_line_of_each_problem() {
 fn syntax_and_type_errors_have_a_place() {
     let dir = scratch_dir();
     let syntax = dir.join("syntax.toml");
-    std::fs::write(&syntax, "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = \n").unwrap();
+    std::fs::write(
+        &syntax,
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = \n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(&["check", &syntax.to_string_lossy()]);
     assert_eq!(code, 1);
-    assert!(stderr.contains(&format!("{}:3:", syntax.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", syntax.display())),
+        "{stderr}"
+    );
 
     let typed = dir.join("typed.toml");
     std::fs::write(&typed, "[server]\nmax_body_bytes = \"big\"\n").unwrap();
     let (code, _, stderr) = run(&["check", &typed.to_string_lossy()]);
     assert_eq!(code, 1);
-    assert!(stderr.contains(&format!("{}:2:", typed.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", typed.display())),
+        "{stderr}"
+    );
 
     let unknown = dir.join("unknown.toml");
-    std::fs::write(&unknown, "[server]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n").unwrap();
+    std::fs::write(
+        &unknown,
+        "[server]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(&["check", &unknown.to_string_lossy()]);
     assert_eq!(code, 1);
-    assert!(stderr.contains(&format!("{}:3:", unknown.display())) && stderr.contains("lisen"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", unknown.display())) && stderr.contains("lisen"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = run(&["check", "/nonexistent/routes.toml"]);
     assert_eq!(code, 1);

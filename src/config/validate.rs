@@ -780,6 +780,7 @@ headers = { Authorization = "Bearer sk_live_123", X-Psp-Key = "env:PAYGATE_TEST_
             fixed: 25,
         };
         assert_eq!(fee.of(10_000), 215);
-        assert_eq!(fee.of(u64::MAX), u64::MAX);
+        let all = Fee { ppm: 1_000_000, fixed: 1 };
+        assert_eq!(all.of(u64::MAX), u64::MAX, "saturates instead of overflowing");
     }
 }

@@ -613,10 +613,10 @@ latency = { kind = "lognormal", p50_ms = 30, p99_ms = 250 }
     #[test]
     fn schedule_problems_name_the_phase() {
         let schedule =
-            Schedule::parse("[[phase]]\nat_secs = 4\nbehavior = { reset = 2.0 }\n").unwrap();
+            Schedule::parse("[[phase]]\nat_secs = 4\nbehavior = { success_rate = 2.0 }\n").unwrap();
         assert_eq!(
             schedule.problems(),
-            vec!["phase at 4 s: reset is 2 but must be between 0 and 1"]
+            vec!["phase at 4 s: success_rate is 2 but must be between 0 and 1"]
         );
     }
 }

@@ -262,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_behavior_is_refused_naming_each_problem() {
-        let args = parse(&["--success-rate", "2", "--hang", "-1"]).unwrap();
+        let args = parse(&["--success-rate", "2", "--hang=-1"]).unwrap();
         let error = run(args).await.unwrap_err().to_string();
         assert!(error.contains("success_rate is 2"), "{error}");
         assert!(error.contains("hang is -1"), "{error}");

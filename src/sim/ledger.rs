@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
 /// At most this many payments are kept. A million is far more than any test reads back and,
-/// at a few dozen bytes each, stays well under 100 MB during a long load run.
+/// at roughly 100 bytes each with the map's overhead, bounds a long load run to ~100 MB.
 pub const MAX_STORED_PAYMENTS: u64 = 1_000_000;
 
 /// The status a PSP answers with.
@@ -155,18 +155,19 @@ impl Ledger {
         })
     }
 
-    /// Captures or refunds `amount` (default: all that is left) under the new reference
-    /// `operation_reference`; `None` when the payment is unknown. The shard lock held by
+    /// Captures or refunds `amount` (default: all that is left) under a new reference from
+    /// `next_reference` (only taken for a known payment); `None` when the payment is unknown. The shard lock held by
     /// `get_mut` makes check-and-update atomic against a concurrent operation.
     pub fn apply(
         &self,
         reference: u64,
         operation: Operation,
         amount: Option<u64>,
-        operation_reference: u64,
+        next_reference: impl FnOnce() -> u64,
     ) -> Option<Answer> {
         let mut payment = self.payments.get_mut(&reference)?;
         payment.resolve(Instant::now());
+        let operation_reference = next_reference();
         let answer = match decide(&payment, operation, amount) {
             Ok(amount) => {
                 match operation {
@@ -224,25 +225,25 @@ mod tests {
     fn partial_captures_then_refunds_add_up() {
         let ledger = Ledger::default();
         stored(&ledger, 1, Status::Succeeded, false);
-        let refund_first = ledger.apply(1, Operation::Refund, None, 2);
+        let refund_first = ledger.apply(1, Operation::Refund, None, || 2);
         assert_eq!(code(refund_first), Some("payment_not_captured".into()));
         assert_eq!(
-            ledger.apply(1, Operation::Capture, Some(600), 3),
+            ledger.apply(1, Operation::Capture, Some(600), || 3),
             Some(Answer::succeeded(3))
         );
-        let too_much = ledger.apply(1, Operation::Capture, Some(500), 4);
+        let too_much = ledger.apply(1, Operation::Capture, Some(500), || 4);
         assert_eq!(code(too_much), Some("invalid_amount".into()));
         assert_eq!(
-            ledger.apply(1, Operation::Capture, None, 5),
+            ledger.apply(1, Operation::Capture, None, || 5),
             Some(Answer::succeeded(5))
         );
-        let nothing_left = ledger.apply(1, Operation::Capture, None, 6);
+        let nothing_left = ledger.apply(1, Operation::Capture, None, || 6);
         assert_eq!(code(nothing_left), Some("invalid_amount".into()));
         assert_eq!(
-            ledger.apply(1, Operation::Refund, Some(1000), 7),
+            ledger.apply(1, Operation::Refund, Some(1000), || 7),
             Some(Answer::succeeded(7))
         );
-        let refunded_twice = ledger.apply(1, Operation::Refund, Some(1), 8);
+        let refunded_twice = ledger.apply(1, Operation::Refund, Some(1), || 8);
         assert_eq!(code(refunded_twice), Some("invalid_amount".into()));
     }
 
@@ -250,10 +251,10 @@ mod tests {
     fn auto_capture_counts_as_captured() {
         let ledger = Ledger::default();
         stored(&ledger, 1, Status::Succeeded, true);
-        let capture = ledger.apply(1, Operation::Capture, None, 2);
+        let capture = ledger.apply(1, Operation::Capture, None, || 2);
         assert_eq!(code(capture), Some("invalid_amount".into()));
         assert_eq!(
-            ledger.apply(1, Operation::Refund, Some(400), 3),
+            ledger.apply(1, Operation::Refund, Some(400), || 3),
             Some(Answer::succeeded(3))
         );
     }
@@ -263,11 +264,11 @@ mod tests {
         let ledger = Ledger::default();
         stored(&ledger, 1, Status::Declined, false);
         stored(&ledger, 2, Status::Pending, true);
-        let declined = ledger.apply(1, Operation::Capture, None, 3);
+        let declined = ledger.apply(1, Operation::Capture, None, || 3);
         assert_eq!(code(declined), Some("payment_not_authorized".into()));
-        let pending = ledger.apply(2, Operation::Refund, None, 4);
+        let pending = ledger.apply(2, Operation::Refund, None, || 4);
         assert_eq!(code(pending), Some("payment_not_authorized".into()));
-        assert_eq!(ledger.apply(99, Operation::Capture, None, 5), None);
+        assert_eq!(ledger.apply(99, Operation::Capture, None, || 5), None);
     }
 
     #[test]
@@ -278,7 +279,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(ledger.status(1).map(|a| a.status), Some(Status::Succeeded));
         assert_eq!(
-            ledger.apply(1, Operation::Refund, Some(1000), 2),
+            ledger.apply(1, Operation::Refund, Some(1000), || 2),
             Some(Answer::succeeded(2))
         );
     }

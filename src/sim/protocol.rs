@@ -285,7 +285,7 @@ fn operation(
     });
     let applied = sim.parse_reference(reference).and_then(|number| {
         sim.ledger
-            .apply(number, operation, amount, sim.next_reference())
+            .apply(number, operation, amount, || sim.next_reference())
     });
     match applied {
         Some(answer) => answer_response(StatusCode::OK, sim, &answer),

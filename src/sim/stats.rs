@@ -48,16 +48,14 @@ impl Serialize for Counter {
     }
 }
 
-/// One counter per way a request can end; also used for the faults of every endpoint.
+/// One counter per way a `POST /payments` can end.
 #[derive(Debug, Default, Serialize)]
 struct Outcomes {
     succeeded: Counter,
     declined: Counter,
     pending: Counter,
-    error_503: Counter,
-    error_500: Counter,
-    reset: Counter,
-    hang: Counter,
+    #[serde(flatten)]
+    faults: Faults,
 }
 
 impl Outcomes {
@@ -69,7 +67,25 @@ impl Outcomes {
         }
     }
 
-    fn fault(&self, fault: Fault) -> &Counter {
+    fn clear(&self) {
+        for counter in [&self.succeeded, &self.declined, &self.pending] {
+            counter.clear();
+        }
+        self.faults.clear();
+    }
+}
+
+/// One counter per injected fault.
+#[derive(Debug, Default, Serialize)]
+struct Faults {
+    error_503: Counter,
+    error_500: Counter,
+    reset: Counter,
+    hang: Counter,
+}
+
+impl Faults {
+    fn of(&self, fault: Fault) -> &Counter {
         match fault {
             Fault::Unavailable => &self.error_503,
             Fault::InternalError => &self.error_500,
@@ -79,15 +95,7 @@ impl Outcomes {
     }
 
     fn clear(&self) {
-        for counter in [
-            &self.succeeded,
-            &self.declined,
-            &self.pending,
-            &self.error_503,
-            &self.error_500,
-            &self.reset,
-            &self.hang,
-        ] {
+        for counter in [&self.error_503, &self.error_500, &self.reset, &self.hang] {
             counter.clear();
         }
     }
@@ -147,7 +155,7 @@ pub struct Stats {
     duplicates: Counter,
     untracked_keys: Counter,
     outcomes: Outcomes,
-    faults: Outcomes,
+    faults: Faults,
     tracked_keys: AtomicU64,
     keys: DashMap<Box<str>, KeyRecord, FxBuildHasher>,
     recent_next: AtomicU64,
@@ -165,7 +173,7 @@ impl Default for Stats {
             duplicates: Counter::default(),
             untracked_keys: Counter::default(),
             outcomes: Outcomes::default(),
-            faults: Outcomes::default(),
+            faults: Faults::default(),
             tracked_keys: AtomicU64::new(0),
             keys: DashMap::default(),
             recent_next: AtomicU64::new(0),
@@ -193,14 +201,14 @@ impl Stats {
 
     /// A fault was injected on any endpoint.
     pub fn fault(&self, fault: Fault) {
-        self.faults.fault(fault).add();
+        self.faults.of(fault).add();
     }
 
     /// How a `POST /payments` ended.
     pub fn payment_outcome(&self, ending: Ending) {
         let counter = match ending {
             Ending::Answered(status) => self.outcomes.status(status),
-            Ending::Fault(fault) => self.outcomes.fault(fault),
+            Ending::Fault(fault) => self.outcomes.faults.of(fault),
         };
         counter.add();
     }
@@ -319,7 +327,7 @@ struct StatsView<'a> {
     refunds: &'a Counter,
     status_queries: &'a Counter,
     outcomes: &'a Outcomes,
-    faults: &'a Outcomes,
+    faults: &'a Faults,
     duplicates: &'a Counter,
     untracked_keys: &'a Counter,
     stored_payments: u64,
@@ -395,5 +403,6 @@ mod tests {
         assert_eq!(value["outcomes"]["error_503"], 0);
         assert_eq!(value["faults"]["error_503"], 1);
         assert_eq!(value["faults"]["hang"], 1);
+        assert!(value["faults"].get("pending").is_none());
     }
 }
