@@ -780,7 +780,14 @@ headers = { Authorization = "Bearer sk_live_123", X-Psp-Key = "env:PAYGATE_TEST_
             fixed: 25,
         };
         assert_eq!(fee.of(10_000), 215);
-        let all = Fee { ppm: 1_000_000, fixed: 1 };
-        assert_eq!(all.of(u64::MAX), u64::MAX, "saturates instead of overflowing");
+        let all = Fee {
+            ppm: 1_000_000,
+            fixed: 1,
+        };
+        assert_eq!(
+            all.of(u64::MAX),
+            u64::MAX,
+            "saturates instead of overflowing"
+        );
     }
 }

@@ -126,6 +126,12 @@ impl Process {
         Self::spawn(&["--config", &config, "serve"], envs).await
     }
 
+    /// `paygate --config PATH serve` on a routes file already written.
+    pub async fn gateway_in(path: &std::path::Path) -> Process {
+        let config = path.to_string_lossy().into_owned();
+        Self::spawn(&["--config", &config, "serve"], &[]).await
+    }
+
     /// `paygate mock-psp --listen 127.0.0.1:0 FLAGS...`.
     pub async fn mock_psp(flags: &[&str]) -> Process {
         let mut args = vec!["mock-psp", "--listen", "127.0.0.1:0"];
