@@ -7,11 +7,10 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use paygate::config::Config;
-use paygate::routing::{ChannelScore, PaymentFacts, decide};
+use paygate::routing::{Clock, PaymentFacts, Router, decide};
 
 const CURRENCIES: [&str; 4] = ["EUR", "USD", "GBP", "CHF"];
 const METHODS: [&str; 2] = ["card", "wallet"];
@@ -96,7 +95,7 @@ fn bench_decide(c: &mut Criterion) {
                     country: Some("DE"),
                     amount: *amount,
                 };
-                black_box(decide(&config, &scores, black_box(&facts)))
+                black_box(decide(&config, &scores, black_box(&facts), 0, &mut rng))
             })
         });
         if merchants > 1 {

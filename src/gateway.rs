@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::routing::ChannelScore;
+use crate::routing::{ChannelScore, Clock, Router};
 use crate::store::PaymentStore;
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -25,6 +25,8 @@ pub struct Snapshot {
 
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
+    /// Live scores, ejection state and the retry budget, kept across snapshots.
+    pub router: Router,
     pub store: Arc<dyn PaymentStore>,
 }
 
@@ -35,12 +37,9 @@ impl Gateway {
         simulators: HashMap<String, SocketAddr>,
         store: Arc<dyn PaymentStore>,
     ) -> Result<Self, UpstreamError> {
+        let router = Router::new(Clock::real());
         let upstreams = Upstreams::build(&config, &simulators)?;
-        let scores = config
-            .channels
-            .iter()
-            .map(|_| Arc::new(ChannelScore::new()))
-            .collect();
+        let scores = router.scores_for(&config);
         let snapshot = Snapshot {
             config,
             upstreams,
@@ -48,6 +47,7 @@ impl Gateway {
         };
         Ok(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            router,
             store,
         })
     }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::{ApiError, Scope, respond};
 use crate::config::iso;
 use crate::layers::HttpResponse;
-use crate::routing::{self, PaymentFacts};
+use crate::routing::{self, Observation, PaymentFacts, Verdict};
 use crate::store::{Attempt, MaskedCard, Outcome, Payment, PaymentStatus, now_ms};
 use crate::upstream::{Call, CallContext};
 
@@ -47,7 +47,17 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
         country: new.country.as_deref(),
         amount: new.amount,
     };
-    let decision = routing::decide(config, &snapshot.scores, &facts)?;
+    let router = &scope.gateway.router;
+    let decision = routing::decide(
+        config,
+        &snapshot.scores,
+        &facts,
+        router.now_ms(),
+        &mut rand::rng(),
+    )?;
+    tracing::debug!(request_id = %scope.request_id, rule = %config.rules[decision.rule].name, label = ?decision.label, order = ?decision.order, "routing decision");
+    router.budget.on_payment(router.now_ms());
+    let segment = routing::segment_key(&new.method, &new.currency);
     let id = format!("pay_{}", ulid::Ulid::generate());
     let capture = new.capture;
     scope
@@ -57,8 +67,16 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
 
     let mut finished = None;
     let mut last_decline = None;
-    for &channel_id in &decision.order {
+    for (number, &channel_id) in decision.order.iter().enumerate() {
         if Instant::now() >= scope.deadline {
+            break;
+        }
+        if number > 0
+            && !router
+                .budget
+                .try_retry(router.now_ms(), &config.routing.retry_budget)
+        {
+            tracing::warn!(request_id = %scope.request_id, payment = %id, "retry budget exhausted: no further failover");
             break;
         }
         let (Some(client), Some(channel)) = (
@@ -80,13 +98,18 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
                 scope.deadline,
             )
             .await;
-        let score = &snapshot.scores[channel_id];
-        score.record(exchange.outcome == Outcome::Succeeded);
-        if matches!(
-            exchange.outcome,
-            Outcome::Succeeded | Outcome::Declined | Outcome::Pending
-        ) {
-            score.record_latency(exchange.latency);
+        if let Some(observation) = Observation::from_outcome(exchange.outcome) {
+            let answered = observation != Observation::Fault;
+            let ejected = snapshot.scores[channel_id].observe(
+                router.now_ms(),
+                segment,
+                observation,
+                answered.then_some(exchange.latency),
+                &config.routing.ejection,
+            );
+            if let Some(cause) = ejected {
+                tracing::warn!(channel = %channel.name, ?cause, "channel ejected");
+            }
         }
         if let Some(detail) = &exchange.detail {
             tracing::warn!(request_id = %scope.request_id, payment = %id, channel = %channel.name, outcome = exchange.outcome.as_str(), %detail, "channel attempt failed");
@@ -103,11 +126,9 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
                 .decline_code
                 .as_deref()
                 .is_some_and(|code| channel.is_retryable_decline(code));
-        let status = match exchange.outcome {
-            Outcome::Succeeded => Some(PaymentStatus::Succeeded),
-            Outcome::Declined if !retryable_decline => Some(PaymentStatus::Declined),
-            Outcome::Pending | Outcome::Error | Outcome::Timeout => Some(PaymentStatus::Pending),
-            Outcome::Declined | Outcome::Unavailable => None,
+        let status = match routing::verdict(exchange.outcome, retryable_decline) {
+            Verdict::Final(status) => Some(status),
+            Verdict::FailOver => None,
         };
         if retryable_decline {
             last_decline = Some(attempt.clone());

@@ -99,6 +99,7 @@ pub struct Config {
     pub version: String,
     pub loaded_at: SystemTime,
     pub server: Server,
+    pub routing: Routing,
     pub merchants: Vec<Merchant>,
     pub channels: Vec<Channel>,
     pub rules: Vec<Rule>,
@@ -164,6 +165,85 @@ pub struct Server {
     pub header_read_timeout: Duration,
     pub max_headers: usize,
     pub tls: Option<ServerTls>,
+}
+
+/// `[routing]`: how the adaptive strategy weighs its figures, when channels are ejected, and
+/// how much failover may add to the load.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub default_strategy: Strategy,
+    /// Success points subtracted per second of latency estimate.
+    pub latency_penalty_per_second: f64,
+    /// Success points subtracted per unit of fee / amount.
+    pub fee_penalty: f64,
+    /// Calls a segment needs in the window before its own figure is used.
+    pub min_segment_samples: u64,
+    pub ejection: Ejection,
+    pub retry_budget: RetryBudget,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            default_strategy: Strategy::Adaptive,
+            // 100 ms of latency costs half a point of success; a 2% fee costs one point.
+            latency_penalty_per_second: 0.05,
+            fee_penalty: 0.5,
+            min_segment_samples: 20,
+            ejection: Ejection::default(),
+            retry_budget: RetryBudget::default(),
+        }
+    }
+}
+
+/// `[routing.ejection]`: outlier ejection of faulty channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ejection {
+    /// Faults in a row that eject a channel (Envoy: 5 consecutive 5xx).
+    pub consecutive_faults: u32,
+    /// Ejection time, times the number of ejections in the streak (Envoy: 30 s).
+    pub base_ms: u64,
+    /// Longest ejection (Envoy: 300 s).
+    pub max_ms: u64,
+    /// Share of payments a channel on probation gets after its ejection.
+    pub probe_share: f64,
+    /// Calls in the window before the availability rules apply.
+    pub min_requests: u64,
+    /// Eject when the share of calls without a fault falls under this.
+    pub availability_floor: f64,
+    /// Eject when it is this far under the best peer's.
+    pub availability_gap: f64,
+}
+
+impl Default for Ejection {
+    fn default() -> Self {
+        Self {
+            consecutive_faults: 5,
+            base_ms: 30_000,
+            max_ms: 300_000,
+            probe_share: 0.1,
+            min_requests: 50,
+            availability_floor: 0.5,
+            availability_gap: 0.3,
+        }
+    }
+}
+
+/// `[routing.retry_budget]`: failovers at most `ratio` of the payments of the last 10 s, and
+/// never fewer than `min_retries` (Envoy: 20% and 3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_retries: u64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_retries: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

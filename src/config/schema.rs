@@ -53,6 +53,30 @@ pub struct RawServerTls {
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
     pub strategy: Option<Spanned<String>>,
+    pub latency_penalty_per_second: Option<Spanned<f64>>,
+    pub fee_penalty: Option<Spanned<f64>>,
+    pub min_segment_samples: Option<u64>,
+    pub ejection: Option<Spanned<RawEjection>>,
+    pub retry_budget: Option<Spanned<RawRetryBudget>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEjection {
+    pub consecutive_faults: Option<u32>,
+    pub base_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    pub probe_share: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub availability_floor: Option<f64>,
+    pub availability_gap: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub ratio: Option<f64>,
+    pub min_retries: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,7 +46,8 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         }
     };
     let server = check.server(&raw.server);
-    let default_strategy = check.default_strategy(&raw.routing);
+    let routing = check.routing(&raw.routing);
+    let default_strategy = routing.default_strategy;
     let merchants = check.merchants(&raw.merchants);
     let simulators = check.simulators(&raw.simulators);
     let channels = check.channels(&raw.channels, &simulators);
@@ -66,6 +67,7 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         version: hex::encode(&Sha256::digest(text.as_bytes())[..8]),
         loaded_at: SystemTime::now(),
         server,
+        routing,
         merchants: merchants.into_iter().map(|(m, _)| m).collect(),
         channels,
         rules,
@@ -233,11 +235,89 @@ impl<'a> Checker<'a> {
         parsed
     }
 
-    fn default_strategy(&mut self, raw: &RawRouting) -> Strategy {
-        raw.strategy
-            .as_ref()
-            .and_then(|s| self.strategy(s))
-            .unwrap_or(Strategy::Adaptive)
+    fn routing(&mut self, raw: &RawRouting) -> Routing {
+        let defaults = Routing::default();
+        let weight =
+            |check: &mut Self, value: Option<&Spanned<f64>>, default: f64, key: &str| match value {
+                Some(v) if !(v.get_ref().is_finite() && *v.get_ref() >= 0.0) => {
+                    check.problem(&v.span(), format!("`{key}` must be a number of 0 or more"));
+                    default
+                }
+                Some(v) => *v.get_ref(),
+                None => default,
+            };
+        Routing {
+            default_strategy: raw
+                .strategy
+                .as_ref()
+                .and_then(|s| self.strategy(s))
+                .unwrap_or(defaults.default_strategy),
+            latency_penalty_per_second: weight(
+                self,
+                raw.latency_penalty_per_second.as_ref(),
+                defaults.latency_penalty_per_second,
+                "latency_penalty_per_second",
+            ),
+            fee_penalty: weight(
+                self,
+                raw.fee_penalty.as_ref(),
+                defaults.fee_penalty,
+                "fee_penalty",
+            ),
+            min_segment_samples: raw
+                .min_segment_samples
+                .unwrap_or(defaults.min_segment_samples),
+            ejection: self.ejection(raw.ejection.as_ref()),
+            retry_budget: self.retry_budget(raw.retry_budget.as_ref()),
+        }
+    }
+
+    fn ejection(&mut self, raw: Option<&Spanned<RawEjection>>) -> Ejection {
+        let defaults = Ejection::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let e = raw.get_ref();
+        let ejection = Ejection {
+            consecutive_faults: e.consecutive_faults.unwrap_or(defaults.consecutive_faults),
+            base_ms: e.base_ms.unwrap_or(defaults.base_ms),
+            max_ms: e.max_ms.unwrap_or(defaults.max_ms),
+            probe_share: e.probe_share.unwrap_or(defaults.probe_share),
+            min_requests: e.min_requests.unwrap_or(defaults.min_requests),
+            availability_floor: e.availability_floor.unwrap_or(defaults.availability_floor),
+            availability_gap: e.availability_gap.unwrap_or(defaults.availability_gap),
+        };
+        let shares = [
+            ejection.probe_share,
+            ejection.availability_floor,
+            ejection.availability_gap,
+        ];
+        if ejection.consecutive_faults == 0
+            || ejection.base_ms == 0
+            || ejection.max_ms < ejection.base_ms
+            || !shares.iter().all(|s| (0.0..=1.0).contains(s))
+        {
+            self.problem(
+                &raw.span(),
+                "ejection: consecutive_faults and base_ms must be over 0, max_ms at least base_ms, and probe_share, availability_floor and availability_gap between 0 and 1".into(),
+            );
+        }
+        ejection
+    }
+
+    fn retry_budget(&mut self, raw: Option<&Spanned<RawRetryBudget>>) -> RetryBudget {
+        let defaults = RetryBudget::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let budget = RetryBudget {
+            ratio: raw.get_ref().ratio.unwrap_or(defaults.ratio),
+            min_retries: raw.get_ref().min_retries.unwrap_or(defaults.min_retries),
+        };
+        if !(budget.ratio.is_finite() && budget.ratio >= 0.0) {
+            self.problem(&raw.span(), "retry_budget: ratio must be 0 or more".into());
+        }
+        budget
     }
 
     fn unique(&mut self, seen: &mut HashSet<String>, name: &Spanned<String>, what: &str) {

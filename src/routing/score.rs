@@ -1,139 +1,184 @@
-//! Live per-channel figures: success rate over a sliding window of one-second buckets and a
-//! peak-sensitive latency average.
+//! Live figures of one channel: success over a sliding window, overall and per segment
+//! (payment method x currency), a peak-sensitive latency average, and its ejection state.
 //!
-//! Recording is lock-free (atomics in a fixed ring), so every request can update a channel's
-//! figures without a shared lock. The figures are keyed by channel name by the caller, so they
-//! outlive a config reload. Must not decide anything: `routing` reads these and chooses.
+//! Recording is lock-free (atomic rings, a sharded map of segments), so every request can
+//! update a channel without a lock shared with other requests. Scores are kept by channel
+//! name in the [`super::Router`], so they outlive a config reload. Must not decide anything:
+//! `routing::decide` reads these and chooses.
 
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Seconds of history a success rate covers. Short enough that a PSP that degrades loses
-/// traffic within seconds, long enough to hold a few hundred payments at modest volume.
-const WINDOW_SECS: u64 = 30;
+use dashmap::DashMap;
+use rustc_hash::FxHasher;
+
+use super::health::{Cause, Health};
+use super::window::Ring;
+use crate::config::Ejection;
+use crate::store::Outcome;
+
+/// Seconds of history a success rate covers: short enough that traffic leaves a degrading PSP
+/// within seconds, long enough to hold hundreds of payments at modest volume.
+pub const WINDOW_SECS: usize = 30;
 /// Time constant of the latency average, as linkerd2-proxy's peak EWMA uses.
-const LATENCY_DECAY: Duration = Duration::from_secs(10);
+const LATENCY_DECAY_MS: f64 = 10_000.0;
 /// Latency assumed for a channel never measured (linkerd2-proxy's default RTT).
 const DEFAULT_LATENCY_MS: f64 = 30.0;
+/// Segments kept per channel; beyond this, new segments use the channel's figure only.
+const MAX_SEGMENTS: usize = 1_024;
 
-/// One second of outcomes: the second it belongs to, and its counts packed as
-/// (successes << 32 | total) so that a reader never sees one without the other.
-#[derive(Default)]
-struct Bucket {
-    second: AtomicU64,
-    counts: AtomicU64,
-}
-
-/// The live figures of one channel.
-pub struct ChannelScore {
-    epoch: Instant,
-    buckets: [Bucket; WINDOW_SECS as usize],
-    /// f64 bits of the latency estimate in ms; 0 bits: never measured.
-    latency_ms: AtomicU64,
-    /// Microseconds since `epoch` of the last latency update.
-    latency_at_us: AtomicU64,
-}
-
-/// Successes and total over the window.
+/// What a call to a channel taught about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub successes: u64,
-    pub total: u64,
+pub enum Observation {
+    /// Approved.
+    Success,
+    /// The PSP answered and refused the card: counts against routing, not toward ejection.
+    Decline,
+    /// The channel failed (refused, 5xx, timeout, reset, garbage).
+    Fault,
 }
 
-impl Window {
-    /// Success rate with one imagined success and one failure (Laplace's rule), so that an
-    /// unmeasured channel stands at 0.5 rather than at 0 or 1.
+impl Observation {
+    /// None for `pending`: the PSP answered but the outcome is not known yet.
+    pub fn from_outcome(outcome: Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::Succeeded => Some(Self::Success),
+            Outcome::Declined => Some(Self::Decline),
+            Outcome::Unavailable | Outcome::Error | Outcome::Timeout => Some(Self::Fault),
+            Outcome::Pending => None,
+        }
+    }
+}
+
+/// Counts over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub total: u64,
+    pub successes: u64,
+    pub faults: u64,
+}
+
+impl Counts {
+    fn from_sums(sums: [u64; 3]) -> Self {
+        Self {
+            total: sums[0],
+            successes: sums[1],
+            faults: sums[2],
+        }
+    }
+
+    /// Success rate with one imagined success and one failure (Laplace), so that an
+    /// unmeasured channel stands at 0.5 rather than 0 or 1.
     pub fn smoothed_rate(&self) -> f64 {
         (self.successes as f64 + 1.0) / (self.total as f64 + 2.0)
     }
+
+    /// Share of calls that did not fault (declines count as available).
+    pub fn availability(&self) -> f64 {
+        if self.total == 0 {
+            return 1.0;
+        }
+        1.0 - self.faults as f64 / self.total as f64
+    }
 }
 
-impl Default for ChannelScore {
-    fn default() -> Self {
-        Self::new()
-    }
+/// The key of a segment: a hash of method and currency (a collision merely merges two
+/// segments' figures).
+pub fn segment_key(method: &str, currency: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    method.hash(&mut hasher);
+    currency.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Default)]
+pub struct ChannelScore {
+    overall: Ring<WINDOW_SECS>,
+    segments: DashMap<u64, Arc<Ring<WINDOW_SECS>>>,
+    /// f64 bits of the latency estimate in ms; 0: never measured.
+    latency_ms: AtomicU64,
+    latency_at_ms: AtomicU64,
+    pub health: Health,
 }
 
 impl ChannelScore {
     pub fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            buckets: Default::default(),
-            latency_ms: AtomicU64::new(0),
-            latency_at_us: AtomicU64::new(0),
-        }
+        Self::default()
     }
 
-    fn now_second(&self) -> u64 {
-        // +1 so that second 0 is never confused with an untouched bucket.
-        self.epoch.elapsed().as_secs() + 1
-    }
-
-    /// Counts one outcome: `success` is whether the payment went through (a decline is not).
-    pub fn record(&self, success: bool) {
-        let second = self.now_second();
-        let bucket = &self.buckets[(second % WINDOW_SECS) as usize];
-        let seen = bucket.second.load(Ordering::Acquire);
-        if seen != second
-            && bucket
-                .second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // The winner of the race clears the stale second; an increment that lands
-            // between the two stores is lost, which a rate estimate can afford.
-            bucket.counts.store(0, Ordering::Release);
-        }
-        let add = (u64::from(success) << 32) | 1;
-        bucket.counts.fetch_add(add, Ordering::AcqRel);
-    }
-
-    pub fn window(&self) -> Window {
-        let now = self.now_second();
-        let mut window = Window {
-            successes: 0,
-            total: 0,
+    /// Records one call. Returns the cause when it ejected the channel.
+    pub fn observe(
+        &self,
+        now_ms: u64,
+        segment: u64,
+        observation: Observation,
+        latency: Option<Duration>,
+        ejection: &Ejection,
+    ) -> Option<Cause> {
+        let counts = match observation {
+            Observation::Success => [1, 1, 0],
+            Observation::Decline => [1, 0, 0],
+            Observation::Fault => [1, 0, 1],
         };
-        for bucket in &self.buckets {
-            let second = bucket.second.load(Ordering::Acquire);
-            if second == 0 || now.saturating_sub(second) >= WINDOW_SECS {
-                continue;
-            }
-            let counts = bucket.counts.load(Ordering::Acquire);
-            window.successes += counts >> 32;
-            window.total += counts & u64::from(u32::MAX);
+        self.overall.add(now_ms, counts);
+        self.segment(segment).map(|ring| ring.add(now_ms, counts));
+        if let Some(latency) = latency {
+            self.record_latency(now_ms, latency);
         }
-        window
+        match observation {
+            Observation::Fault => self.health.on_fault(now_ms, ejection),
+            Observation::Success | Observation::Decline => {
+                self.health.on_answer();
+                None
+            }
+        }
     }
 
-    /// Folds in one measured latency: a value above the estimate replaces it at once (peak
-    /// sensitivity), one below pulls it down by the weight the elapsed time gives.
-    pub fn record_latency(&self, latency: Duration) {
-        let now_us = self.epoch.elapsed().as_micros() as u64;
-        let sample = latency.as_secs_f64() * 1000.0;
-        let mut current = self.latency_ms.load(Ordering::Acquire);
-        loop {
-            let estimate = f64::from_bits(current);
-            let next = if current == 0 || sample > estimate {
-                sample
-            } else {
-                let last = self.latency_at_us.load(Ordering::Acquire);
-                let elapsed = now_us.saturating_sub(last) as f64 / 1e6;
-                let keep = (-elapsed / LATENCY_DECAY.as_secs_f64()).exp();
-                estimate * keep + sample * (1.0 - keep)
-            };
-            match self.latency_ms.compare_exchange_weak(
-                current,
-                next.to_bits(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => current = actual,
+    fn segment(&self, key: u64) -> Option<Arc<Ring<WINDOW_SECS>>> {
+        if let Some(ring) = self.segments.get(&key) {
+            return Some(ring.clone());
+        }
+        if self.segments.len() >= MAX_SEGMENTS {
+            return None;
+        }
+        Some(self.segments.entry(key).or_default().clone())
+    }
+
+    pub fn overall(&self, now_ms: u64) -> Counts {
+        Counts::from_sums(self.overall.sum(now_ms))
+    }
+
+    /// The segment's counts when it has at least `min_samples`, else the channel's; the flag
+    /// says which.
+    pub fn success(&self, now_ms: u64, segment: u64, min_samples: u64) -> (Counts, bool) {
+        if let Some(ring) = self.segments.get(&segment) {
+            let counts = Counts::from_sums(ring.sum(now_ms));
+            if counts.total >= min_samples {
+                return (counts, true);
             }
         }
-        self.latency_at_us.store(now_us, Ordering::Release);
+        (self.overall(now_ms), false)
+    }
+
+    /// Folds in one latency: a value above the estimate replaces it at once (peak
+    /// sensitivity); one below pulls it down by the weight the elapsed time gives.
+    fn record_latency(&self, now_ms: u64, latency: Duration) {
+        let sample = latency.as_secs_f64() * 1000.0;
+        let last = self.latency_at_ms.swap(now_ms, Ordering::AcqRel);
+        let keep = (-(now_ms.saturating_sub(last) as f64) / LATENCY_DECAY_MS).exp();
+        let _ = self
+            .latency_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let estimate = f64::from_bits(bits);
+                let next = if bits == 0 || sample > estimate {
+                    sample
+                } else {
+                    estimate * keep + sample * (1.0 - keep)
+                };
+                Some(next.max(f64::MIN_POSITIVE).to_bits())
+            });
     }
 
     /// The latency estimate in milliseconds.
@@ -149,33 +194,94 @@ impl ChannelScore {
 mod tests {
     use super::*;
 
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
     #[test]
-    fn window_counts_successes_and_total() {
+    fn windows_roll_over() {
         let score = ChannelScore::new();
+        let e = Ejection::default();
+        let seg = segment_key("card", "EUR");
         for i in 0..10 {
-            score.record(i % 5 != 0);
+            let observation = if i % 5 == 0 {
+                Observation::Decline
+            } else {
+                Observation::Success
+            };
+            score.observe(1_000, seg, observation, None, &e);
+        }
+        let counts = score.overall(1_000);
+        assert_eq!((counts.total, counts.successes, counts.faults), (10, 8, 0));
+        assert!((counts.smoothed_rate() - 0.75).abs() < 1e-9);
+        // 30 s later the window has forgotten them.
+        assert_eq!(score.overall(1_000 + 30_000).total, 0);
+        assert!((Counts::default().smoothed_rate() - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn thin_segments_fall_back_to_the_channel() {
+        let score = ChannelScore::new();
+        let e = Ejection::default();
+        let eur = segment_key("card", "EUR");
+        let usd = segment_key("card", "USD");
+        for _ in 0..30 {
+            score.observe(0, eur, Observation::Success, None, &e);
+        }
+        for _ in 0..5 {
+            score.observe(0, usd, Observation::Decline, None, &e);
         }
         assert_eq!(
-            score.window(),
-            Window {
-                successes: 8,
-                total: 10
-            }
+            score.success(0, eur, 20),
+            (
+                Counts {
+                    total: 30,
+                    successes: 30,
+                    faults: 0
+                },
+                true
+            )
         );
-        assert!((score.window().smoothed_rate() - 0.75).abs() < 1e-9);
-        assert!((ChannelScore::new().window().smoothed_rate() - 0.5).abs() < 1e-9);
+        let (counts, from_segment) = score.success(0, usd, 20);
+        assert!(!from_segment);
+        assert_eq!(counts.total, 35);
     }
 
     #[test]
     fn latency_jumps_up_and_decays_down() {
         let score = ChannelScore::new();
+        let e = Ejection::default();
         assert_eq!(score.latency_ms(), DEFAULT_LATENCY_MS);
-        score.record_latency(Duration::from_millis(10));
+        score.observe(0, 0, Observation::Success, ms(10), &e);
         assert!((score.latency_ms() - 10.0).abs() < 1e-6);
-        score.record_latency(Duration::from_millis(200));
+        score.observe(0, 0, Observation::Success, ms(200), &e);
         assert!((score.latency_ms() - 200.0).abs() < 1e-6);
-        // Immediately after, a fast sample barely moves the estimate.
-        score.record_latency(Duration::from_millis(1));
-        assert!(score.latency_ms() > 150.0);
+        // At once, a fast sample barely moves the estimate ...
+        score.observe(0, 0, Observation::Success, ms(1), &e);
+        assert!(score.latency_ms() > 199.0);
+        // ... a decay constant later, it has come most of the way down.
+        score.observe(10_000, 0, Observation::Success, ms(1), &e);
+        let expected = 200.0 * (-1.0f64).exp() + 1.0 * (1.0 - (-1.0f64).exp());
+        assert!(
+            (score.latency_ms() - expected).abs() < 0.5,
+            "{}",
+            score.latency_ms()
+        );
+    }
+
+    #[test]
+    fn declines_never_eject_faults_do() {
+        let score = ChannelScore::new();
+        let e = Ejection::default();
+        for _ in 0..100 {
+            assert_eq!(score.observe(0, 0, Observation::Decline, None, &e), None);
+        }
+        let mut ejected = None;
+        for _ in 0..e.consecutive_faults {
+            ejected = score
+                .observe(0, 0, Observation::Fault, None, &e)
+                .or(ejected);
+        }
+        assert_eq!(ejected, Some(Cause::ConsecutiveFaults));
     }
 }
