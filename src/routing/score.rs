@@ -123,7 +123,9 @@ impl ChannelScore {
             Observation::Fault => [1, 0, 1],
         };
         self.overall.add(now_ms, counts);
-        self.segment(segment).map(|ring| ring.add(now_ms, counts));
+        if let Some(ring) = self.segment(segment) {
+            ring.add(now_ms, counts);
+        }
         if let Some(latency) = latency {
             self.record_latency(now_ms, latency);
         }
