@@ -76,11 +76,8 @@ fn bench_decide(c: &mut Criterion) {
     for (label, merchants, bands) in [("10_rules", 1, 1), ("10000_rules", 250, 5)] {
         let text = routes(merchants, bands);
         let config = Config::parse(Path::new("bench.toml"), &text).expect("valid bench routes");
-        let scores: Vec<Arc<ChannelScore>> = config
-            .channels
-            .iter()
-            .map(|_| Arc::new(ChannelScore::new()))
-            .collect();
+        let scores = Router::new(Clock::manual()).scores_for(&config);
+        let mut rng = rand::rng();
         let payments = payments(merchants);
         eprintln!("{label}: {} rules", config.rules.len());
         group.bench_function(label, |b| {
