@@ -4,6 +4,7 @@
 //! decision, calls channels through `upstream`, records the result in the store and answers.
 //! Errors travel as [`ApiError`] and become JSON only in `error.rs`.
 
+pub mod admin;
 mod error;
 mod followups;
 mod payments;
@@ -132,7 +133,11 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
 }
 
 /// Reads the whole body, at most `limit` bytes and not past `deadline`.
-async fn read_body<B>(body: B, limit: usize, deadline: Instant) -> Result<Bytes, ApiError>
+pub(crate) async fn read_body<B>(
+    body: B,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,

@@ -23,11 +23,11 @@ use crate::upstream::{Call, CallContext};
 const MAX_TEXT_LEN: usize = 255;
 
 /// The fields paygate itself reads from a payment body; the rest passes through to the PSP.
-struct NewPayment {
-    amount: u64,
-    currency: String,
-    method: String,
-    country: Option<String>,
+pub(crate) struct NewPayment {
+    pub(crate) amount: u64,
+    pub(crate) currency: String,
+    pub(crate) method: String,
+    pub(crate) country: Option<String>,
     reference: Option<String>,
     capture: bool,
     card: Option<MaskedCard>,
@@ -232,7 +232,7 @@ fn check_merchant_allows(
 }
 
 impl NewPayment {
-    fn read(fields: &Map<String, Value>) -> Result<Self, ApiError> {
+    pub(crate) fn read(fields: &Map<String, Value>) -> Result<Self, ApiError> {
         let invalid = |message: &str| ApiError::InvalidRequest(message.to_string());
         let amount = match fields.get("amount") {
             None => return Err(invalid("amount is required (an integer in minor units)")),

@@ -273,13 +273,19 @@ pub fn decide(
             adaptive_order(&mut order, &mut candidates, payment.amount, config, rng)
         }
     };
+    // A channel on probation that drew a probe gets this payment first: a probe at the back
+    // of the order would almost never be tried.
     let probe = candidates
         .iter()
-        .any(|c| c.channel == order[0] && c.state == State::Probing);
+        .find(|c| c.state == State::Probing && c.standing == Standing::Eligible)
+        .map(|c| c.channel);
+    if let Some(position) = probe.and_then(|id| order.iter().position(|&o| o == id)) {
+        order[..=position].rotate_right(1);
+    }
     Ok(Decision {
         rule: number,
         strategy: rule.strategy,
-        label: if probe { Label::Probe } else { label },
+        label: if probe.is_some() { Label::Probe } else { label },
         order,
         candidates,
     })

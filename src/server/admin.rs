@@ -1,6 +1,6 @@
-//! The admin listener's endpoints: `/healthz` (the process answers) and `/readyz` (it takes
-//! traffic; 503 from the moment shutdown starts). Metrics and the token-protected `/admin/`
-//! API join here.
+//! The admin listener's endpoints: `/healthz` (the process answers), `/readyz` (it takes
+//! traffic; 503 from the moment shutdown starts), and the token-protected `/admin/` API,
+//! whose handlers live in `api::admin`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,17 +11,28 @@ use http::{Request, StatusCode};
 use serde_json::json;
 use tower::Service;
 
+use bytes::Bytes;
+use hyper::body::Body;
+
+use crate::api::admin::AdminToken;
 use crate::api::json_response;
+use crate::gateway::Gateway;
 use crate::layers::{HttpResponse, ResponseFuture};
 
 #[derive(Clone)]
 pub struct Admin {
     ready: Arc<AtomicBool>,
+    gateway: Arc<Gateway>,
+    token: Option<AdminToken>,
 }
 
 impl Admin {
-    pub fn new(ready: Arc<AtomicBool>) -> Self {
-        Self { ready }
+    pub fn new(ready: Arc<AtomicBool>, gateway: Arc<Gateway>, token: Option<AdminToken>) -> Self {
+        Self {
+            ready,
+            gateway,
+            token,
+        }
     }
 
     fn answer(&self, path: &str) -> HttpResponse {
@@ -42,7 +53,11 @@ impl Admin {
     }
 }
 
-impl<B> Service<Request<B>> for Admin {
+impl<B> Service<Request<B>> for Admin
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     type Response = HttpResponse;
     type Error = Infallible;
     type Future = ResponseFuture;
@@ -52,7 +67,13 @@ impl<B> Service<Request<B>> for Admin {
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let response = self.answer(request.uri().path());
-        Box::pin(async move { Ok(response) })
+        if !request.uri().path().starts_with("/admin/") {
+            let response = self.answer(request.uri().path());
+            return Box::pin(async move { Ok(response) });
+        }
+        let admin = self.clone();
+        Box::pin(async move {
+            Ok(crate::api::admin::handle(&admin.gateway, admin.token.as_ref(), request).await)
+        })
     }
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 use crate::api::Api;
+use crate::api::admin::AdminToken;
 use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
 use crate::layers::{AuthLayer, LimitsLayer, RequestIdLayer};
@@ -27,6 +28,8 @@ use crate::store::MemoryStore;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_PERIOD: Duration = Duration::from_secs(15);
+/// How often success-rate ejection runs (Envoy's interval is 10 s; payments move faster).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -94,7 +97,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     let admin_task = tokio::spawn(connections::accept(
         admin,
         connections::Settings::plain(server.header_read_timeout),
-        admin::Admin::new(ready.clone()),
+        admin::Admin::new(ready.clone(), gateway.clone(), AdminToken::from_env()),
         stopped.clone(),
         DRAIN_PERIOD,
     ));
@@ -105,13 +108,27 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         stopped,
         DRAIN_PERIOD,
     ));
+    let sweeper = tokio::spawn(sweep_forever(gateway.clone()));
     shutdown_signal().await;
+    sweeper.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     ready.store(false, Ordering::SeqCst);
     let _ = stop.send(true);
     let _ = merchant_task.await;
     admin_task.abort();
     Ok(())
+}
+
+/// Success-rate ejection looks at every channel's window once a second.
+async fn sweep_forever(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let snapshot = gateway.snapshot();
+        for (channel, cause) in gateway.router.sweep(&snapshot.config, &snapshot.scores) {
+            tracing::warn!(channel = %snapshot.config.channels[channel].name, ?cause, "channel ejected");
+        }
+    }
 }
 
 async fn start_simulators(config: &Config) -> Result<HashMap<String, SocketAddr>, ServeError> {

@@ -43,6 +43,10 @@ pub struct Behavior {
     pub reset: f64,
     /// Share never answered in practice (one hour), and not processed.
     pub hang: f64,
+    /// Share of time the simulator refuses connections (its listener closed, so a connect
+    /// gets ECONNREFUSED); while above 0 it also closes every connection after one answer,
+    /// so that clients keep connecting and meet the refusals.
+    pub refuse: f64,
 }
 
 impl Default for Behavior {
@@ -57,6 +61,7 @@ impl Default for Behavior {
             error_500: 0.0,
             reset: 0.0,
             hang: 0.0,
+            refuse: 0.0,
         }
     }
 }
@@ -114,6 +119,7 @@ impl Behavior {
             ("error_500", self.error_500),
             ("reset", self.reset),
             ("hang", self.hang),
+            ("refuse", self.refuse),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {

@@ -48,6 +48,9 @@ pub struct MockPspArgs {
     /// Share never answered (one hour) and not processed.
     #[arg(long)]
     pub hang: Option<f64>,
+    /// Share of time connections are refused (listener closed); keep-alive is off meanwhile.
+    #[arg(long)]
+    pub refuse: Option<f64>,
     /// TOML file of `[[phase]]` tables (`at_secs`, `behavior`) switching behavior over time.
     #[arg(long)]
     pub schedule: Option<PathBuf>,
@@ -78,6 +81,7 @@ impl MockPspArgs {
             error_500: self.error_500.unwrap_or(defaults.error_500),
             reset: self.reset.unwrap_or(defaults.reset),
             hang: self.hang.unwrap_or(defaults.hang),
+            refuse: self.refuse.unwrap_or(defaults.refuse),
         }
     }
 

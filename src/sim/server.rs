@@ -27,6 +27,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// spinning on the same error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// One refusal cycle: with `refuse` = r the listener is closed for the first r of each.
+const REFUSE_PERIOD_MS: u64 = 100;
+
 /// Serve on an already-bound listener until `shutdown` resolves (tls: Some => https, ALPN
 /// h2/http1.1). Connections still open `SHUTDOWN_GRACE` after shutdown are dropped.
 pub async fn serve(
@@ -35,15 +38,55 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimError> {
+    let addr = listener.local_addr().map_err(SimError::LocalAddr)?;
     let acceptor = tls.map(TlsAcceptor::from);
-    let builder = Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut listener = Some(listener);
     loop {
+        let refuse = sim.behavior_now().refuse;
+        let (open, slice_end) = refusal_slice(sim.started.elapsed(), refuse);
+        let slice_end = tokio::time::Instant::from_std(sim.started + slice_end);
+        if !open {
+            // Serve what already completed its handshake, then close: connects are refused by
+            // the kernel until the slice ends. (Closing with a backlog would reset those
+            // connections after the client wrote its request: a different fault.)
+            if let Some(active) = listener.take() {
+                while let Ok(Ok((stream, _))) =
+                    tokio::time::timeout(Duration::ZERO, active.accept()).await
+                {
+                    let mut builder = Builder::new(TokioExecutor::new());
+                    builder.http1().keep_alive(false);
+                    connections.spawn(connection(
+                        stream,
+                        acceptor.clone(),
+                        Arc::clone(&sim),
+                        builder,
+                        graceful.watcher(),
+                    ));
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep_until(slice_end) => continue,
+            }
+        }
+        if listener.is_none() {
+            match bind(addr).await {
+                Ok(reopened) => listener = Some(reopened),
+                Err(error) => {
+                    tracing::warn!(%error, "mock-psp: cannot reopen the listener");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let Some(active) = &listener else { continue };
         let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = active.accept() => accepted,
+            () = tokio::time::sleep_until(slice_end), if refuse > 0.0 => continue,
         };
         // Reap finished connections so the set does not grow with every client ever seen.
         while connections.try_join_next().is_some() {}
@@ -55,11 +98,15 @@ pub async fn serve(
                 continue;
             }
         };
+        let mut builder = Builder::new(TokioExecutor::new());
+        // While refusing, one answer per connection, so that clients reconnect and meet
+        // the closed listener as a real flapping PSP would make them.
+        builder.http1().keep_alive(refuse == 0.0);
         let task = connection(
             stream,
             acceptor.clone(),
             Arc::clone(&sim),
-            builder.clone(),
+            builder,
             graceful.watcher(),
         );
         connections.spawn(task);
@@ -73,6 +120,18 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// Whether the listener is open at `elapsed`, and when the current slice ends (as time since
+/// the simulator started).
+fn refusal_slice(elapsed: Duration, refuse: f64) -> (bool, Duration) {
+    let now = elapsed.as_millis() as u64;
+    let start = now - now % REFUSE_PERIOD_MS;
+    let closed_ms = (refuse.clamp(0.0, 1.0) * REFUSE_PERIOD_MS as f64).round() as u64;
+    if now - start < closed_ms {
+        return (false, Duration::from_millis(start + closed_ms));
+    }
+    (true, Duration::from_millis(start + REFUSE_PERIOD_MS))
 }
 
 /// Bind `addr` (port 0 allowed), spawn `serve` on the current tokio runtime (running
@@ -125,5 +184,23 @@ async fn serve_connection<I>(
     // Errors here are clients going away and injected resets: nothing to act on.
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, "mock-psp: connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_slices_follow_the_share() {
+        let at = |ms| refusal_slice(Duration::from_millis(ms), 0.3);
+        assert_eq!(at(0), (false, Duration::from_millis(30)));
+        assert_eq!(at(29), (false, Duration::from_millis(30)));
+        assert_eq!(at(30), (true, Duration::from_millis(100)));
+        assert_eq!(at(130), (true, Duration::from_millis(200)));
+        assert!(
+            refusal_slice(Duration::from_millis(5), 0.0).0,
+            "never closed at 0"
+        );
     }
 }

@@ -1,0 +1,189 @@
+//! The admin API under `/admin/` on the admin listener: live channel figures, the active
+//! config's version, and the explanation of a routing decision for a payment body.
+//!
+//! Every endpoint needs `Authorization: Bearer <PAYGATE_ADMIN_TOKEN>`; without the variable
+//! the admin API is disabled (404), never open. The token is compared by its SHA-256 in
+//! constant time. Explaining a decision changes no state and sends nothing.
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use hyper::body::Body;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::payments::NewPayment;
+use super::{ApiError, json_response, read_body};
+use crate::gateway::Gateway;
+use crate::layers::HttpResponse;
+use crate::routing::{self, Candidate, PaymentFacts};
+
+/// Admin bodies are small payment examples.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const FORMULA: &str = "score = Beta(successes + 1, failures + 1) draw - latency_penalty_per_second x latency_s - fee_penalty x fee / amount; highest score first";
+
+/// The SHA-256 of the admin token.
+#[derive(Clone)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    /// From `PAYGATE_ADMIN_TOKEN`; None (admin API disabled) when unset or empty.
+    pub fn from_env() -> Option<Self> {
+        let token = std::env::var("PAYGATE_ADMIN_TOKEN").ok()?;
+        (!token.is_empty()).then(|| Self(Sha256::digest(token.as_bytes()).into()))
+    }
+
+    fn admits<B>(&self, request: &Request<B>) -> bool {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        let hash: [u8; 32] = Sha256::digest(presented).into();
+        // Constant time: every byte is compared whatever the first difference.
+        hash.iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+pub async fn handle<B>(
+    gateway: &Gateway,
+    token: Option<&AdminToken>,
+    request: Request<B>,
+) -> HttpResponse
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Some(token) = token else {
+        return ApiError::NotFound("the admin API is disabled: set PAYGATE_ADMIN_TOKEN".into())
+            .into_response("");
+    };
+    if !token.admits(&request) {
+        return ApiError::Unauthenticated.into_response("");
+    }
+    let path = request.uri().path().to_string();
+    let result = match (request.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/channels") => Ok(channels(gateway)),
+        (Method::GET, "/admin/config") => Ok(config(gateway)),
+        (Method::POST, "/admin/explain") => {
+            let deadline = Instant::now() + ADMIN_BODY_TIMEOUT;
+            match read_body(request.into_body(), MAX_ADMIN_BODY, deadline).await {
+                Ok(body) => explain(gateway, &body),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "no such admin endpoint: {path}"
+        ))),
+    };
+    result.unwrap_or_else(|e| e.into_response(""))
+}
+
+#[derive(Serialize)]
+struct ChannelView<'a> {
+    name: &'a str,
+    state: &'static str,
+    success_rate: f64,
+    window: routing::Counts,
+    latency_ms: f64,
+    ejections: u32,
+    consecutive_faults: u32,
+}
+
+fn channels(gateway: &Gateway) -> HttpResponse {
+    let snapshot = gateway.snapshot();
+    let now = gateway.router.now_ms();
+    let views: Vec<ChannelView<'_>> = snapshot
+        .config
+        .channels
+        .iter()
+        .zip(&snapshot.scores)
+        .map(|(channel, score)| {
+            let window = score.overall(now);
+            ChannelView {
+                name: &channel.name,
+                state: score.health.state(now).as_str(),
+                success_rate: window.smoothed_rate(),
+                window,
+                latency_ms: score.latency_ms(),
+                ejections: score.health.ejections(),
+                consecutive_faults: score.health.consecutive_faults(),
+            }
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "channels": views }))
+}
+
+fn config(gateway: &Gateway) -> HttpResponse {
+    let snapshot = gateway.snapshot();
+    let loaded_at = snapshot
+        .config
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "version": snapshot.config.version,
+            "file": snapshot.config.file.display().to_string(),
+            "loaded_at_unix": loaded_at,
+        }),
+    )
+}
+
+#[derive(Serialize)]
+struct CandidateView<'a> {
+    channel: &'a str,
+    #[serde(flatten)]
+    candidate: &'a Candidate,
+}
+
+/// A payment body plus `"merchant"`: the decision paygate would make for it now.
+fn explain(gateway: &Gateway, body: &Bytes) -> Result<HttpResponse, ApiError> {
+    let fields: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("the body is not a JSON object: {e}")))?;
+    let merchant = fields
+        .get("merchant")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::InvalidRequest("merchant is required (the merchant id)".into()))?;
+    let payment = NewPayment::read(&fields)?;
+    let snapshot = gateway.snapshot();
+    let config = &snapshot.config;
+    let facts = PaymentFacts {
+        merchant,
+        currency: &payment.currency,
+        method: &payment.method,
+        country: payment.country.as_deref(),
+        amount: payment.amount,
+    };
+    let now = gateway.router.now_ms();
+    let decision = routing::decide(config, &snapshot.scores, &facts, now, &mut rand::rng())?;
+    let name = |id: usize| config.channels[id].name.as_str();
+    let candidates: Vec<CandidateView<'_>> = decision
+        .candidates
+        .iter()
+        .map(|c| CandidateView {
+            channel: name(c.channel),
+            candidate: c,
+        })
+        .collect();
+    let order: Vec<&str> = decision.order.iter().map(|&id| name(id)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "rule": config.rules[decision.rule].name,
+            "strategy": decision.strategy.as_str(),
+            "label": decision.label,
+            "pick": order.first(),
+            "order": order,
+            "candidates": candidates,
+            "formula": FORMULA,
+        }),
+    ))
+}
