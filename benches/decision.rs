@@ -28,16 +28,30 @@ fn routes(strategy: &str) -> String {
 fn bench_decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("decision_5_channels");
     for strategy in ["adaptive", "weighted", "priority"] {
-        let config = Config::parse(Path::new("bench.toml"), &routes(strategy)).expect("valid routes");
+        let config =
+            Config::parse(Path::new("bench.toml"), &routes(strategy)).expect("valid routes");
         let router = Router::new(Clock::manual());
         let scores = router.scores_for(&config);
         // Fill 30 s of windows: 2,000 calls per channel over segments and seconds.
         for (id, score) in scores.iter().enumerate() {
             for i in 0..2_000u64 {
-                let segment = segment_key(["card", "wallet"][(i % 2) as usize], ["EUR", "USD"][(i % 4 / 2) as usize]);
-                let observation = if i % 100 < 85 + id as u64 * 2 { Observation::Success } else { Observation::Decline };
+                let segment = segment_key(
+                    ["card", "wallet"][(i % 2) as usize],
+                    ["EUR", "USD"][(i % 4 / 2) as usize],
+                );
+                let observation = if i % 100 < 85 + id as u64 * 2 {
+                    Observation::Success
+                } else {
+                    Observation::Decline
+                };
                 let latency = Some(std::time::Duration::from_millis(40 + id as u64 * 10));
-                score.observe(i * 15, segment, observation, latency, &config.routing.ejection);
+                score.observe(
+                    i * 15,
+                    segment,
+                    observation,
+                    latency,
+                    &config.routing.ejection,
+                );
             }
         }
         let now = 30_000;

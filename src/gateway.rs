@@ -7,12 +7,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::limits::Limits;
+use crate::risk::RiskState;
 use crate::routing::{ChannelScore, Clock, Router};
 use crate::store::PaymentStore;
+use crate::store::idempotency::{IdempotencyStore, MemoryIdempotency};
 use crate::upstream::{UpstreamError, Upstreams};
 
 /// Everything a request needs from one config generation.
@@ -27,7 +31,13 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     /// Live scores, ejection state and the retry budget, kept across snapshots.
     pub router: Router,
+    /// Rate limiters and in-flight caps, kept by name across snapshots.
+    pub limits: Limits,
+    pub risk: RiskState,
     pub store: Arc<dyn PaymentStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Merchant requests being handled now (load shedding).
+    pub in_flight: AtomicUsize,
 }
 
 impl Gateway {
@@ -48,7 +58,11 @@ impl Gateway {
         Ok(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             router,
+            limits: Limits::new(),
+            risk: RiskState::new(),
             store,
+            idempotency: Arc::new(MemoryIdempotency::new()),
+            in_flight: AtomicUsize::new(0),
         })
     }
 

@@ -32,6 +32,8 @@ enum Command {
     },
     /// Run the PSP simulator (protocol paygate-v1).
     MockPsp(Box<paygate::sim::MockPspArgs>),
+    /// Run the real router against simulated channels on a virtual clock, beside baselines.
+    Simulate(paygate::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,13 @@ fn main() -> ExitCode {
         Command::Check { path } => check(&path.unwrap_or(cli.config)),
         Command::Serve => run(async move { paygate::server::serve(&cli.config).await }),
         Command::MockPsp(args) => run(paygate::sim::run(*args)),
+        Command::Simulate(args) => match paygate::simulate::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("paygate: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -52,7 +52,7 @@ fn check_names_the_line_of_each_problem() {
     let (code, _, stderr) = run(&["check", &file]);
     assert_eq!(code, 1, "{stderr}");
     let expected = [
-        (6, "api_key_sha256 must be the 64 hex digits"),
+        (6, "api_key_sha256 must be 64 hex digits"),
         (11, "\"EURO\" is not an ISO 4217 currency code"),
         (12, "min_amount 500 is greater than max_amount 100"),
         (14, "environment variable PAYGATE_CHECK_TEST_UNSET"),

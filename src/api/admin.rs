@@ -15,9 +15,10 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::payments::NewPayment;
-use super::{ApiError, json_response, read_body};
+use super::{ApiError, json_response};
 use crate::gateway::Gateway;
 use crate::layers::HttpResponse;
+use crate::layers::read_body;
 use crate::routing::{self, Candidate, PaymentFacts};
 
 /// Admin bodies are small payment examples.
@@ -73,7 +74,7 @@ where
         (Method::GET, "/admin/config") => Ok(config(gateway)),
         (Method::POST, "/admin/explain") => {
             let deadline = Instant::now() + ADMIN_BODY_TIMEOUT;
-            match read_body(request.into_body(), MAX_ADMIN_BODY, deadline).await {
+            match read_body(request.into_body(), MAX_ADMIN_BODY, Some(deadline)).await {
                 Ok(body) => explain(gateway, &body),
                 Err(e) => Err(e),
             }
@@ -92,6 +93,7 @@ struct ChannelView<'a> {
     success_rate: f64,
     window: routing::Counts,
     latency_ms: f64,
+    latency_peak_ms: f64,
     ejections: u32,
     consecutive_faults: u32,
 }
@@ -112,6 +114,7 @@ fn channels(gateway: &Gateway) -> HttpResponse {
                 success_rate: window.smoothed_rate(),
                 window,
                 latency_ms: score.latency_ms(),
+                latency_peak_ms: score.latency_peak_ms(),
                 ejections: score.health.ejections(),
                 consecutive_faults: score.health.consecutive_faults(),
             }

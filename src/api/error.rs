@@ -28,6 +28,17 @@ pub enum ApiError {
     TooManyHeaders { limit: usize },
     #[error(transparent)]
     NoEligibleChannel(#[from] RoutingError),
+    #[error("rate limit of the {scope} exceeded; retry after {retry_after_secs} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("{0}")]
+    IdempotencyConflict(String),
+    #[error("rejected by risk rule {rule:?}")]
+    RiskRejected { rule: String },
+    #[error("{0}")]
+    Overloaded(String),
     #[error("every eligible channel failed; the payment was not charged")]
     AllChannelsFailed { payment_id: String },
     #[error("the request's deadline passed before a channel answered")]
@@ -47,6 +58,9 @@ struct Detail<'a> {
     request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     payment_id: Option<&'a str>,
+    /// The risk rule that refused the payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
 }
 
 impl ApiError {
@@ -59,7 +73,12 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoEligibleChannel(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NoEligibleChannel(_) | Self::RiskRejected { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::IdempotencyConflict(_) => StatusCode::CONFLICT,
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::AllChannelsFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -76,6 +95,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::TooManyHeaders { .. } => "too_many_headers",
             Self::NoEligibleChannel(_) => "no_eligible_channel",
+            Self::RiskRejected { .. } => "risk_rejected",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::IdempotencyConflict(_) => "idempotency_conflict",
+            Self::Overloaded(_) => "overloaded",
             Self::AllChannelsFailed { .. } => "all_channels_failed",
             Self::DeadlineExceeded { .. } => "deadline_exceeded",
         }
@@ -93,6 +116,10 @@ impl ApiError {
                 message: self.to_string(),
                 request_id,
                 payment_id,
+                rule: match &self {
+                    Self::RiskRejected { rule } => Some(rule.as_str()),
+                    _ => None,
+                },
             },
         };
         let mut response = json_response(self.status(), &body);
@@ -103,6 +130,14 @@ impl ApiError {
             }
             Self::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Overloaded(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

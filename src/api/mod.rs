@@ -16,14 +16,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Body;
 use tower::Service;
 
 pub use error::{ApiError, json_response};
 
 use crate::gateway::Gateway;
-use crate::layers::{AuthenticatedMerchant, HttpResponse, RequestId, ResponseFuture};
+use crate::layers::{AuthenticatedMerchant, Deadline, HttpResponse, RequestId, ResponseFuture};
 use crate::store::FollowUpKind;
 
 /// The merchant API as a tower service, behind the layers.
@@ -55,11 +53,7 @@ enum Route {
     FollowUp(String, FollowUpKind),
 }
 
-impl<B> Service<Request<B>> for Api
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
+impl Service<Request<Bytes>> for Api {
     type Response = HttpResponse;
     type Error = Infallible;
     type Future = ResponseFuture;
@@ -68,7 +62,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let gateway = self.gateway.clone();
         Box::pin(async move {
             let request_id = RequestId::of(&request);
@@ -78,34 +72,32 @@ where
     }
 }
 
-async fn handle<B>(
+async fn handle(
     gateway: Arc<Gateway>,
-    request: Request<B>,
+    request: Request<Bytes>,
     request_id: Arc<str>,
-) -> Result<HttpResponse, ApiError>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
+) -> Result<HttpResponse, ApiError> {
     let route = route(request.method(), request.uri().path())?;
-    let server = gateway.snapshot().config.server.clone();
-    let started = Instant::now();
-    let context = Scope {
+    let deadline = match request.extensions().get::<Deadline>() {
+        Some(deadline) => deadline.0,
+        None => Instant::now() + gateway.snapshot().config.server.request_timeout,
+    };
+    let scope = Scope {
         request_id,
         merchant: request
             .extensions()
             .get::<AuthenticatedMerchant>()
             .map(|m| m.0.clone())
             .ok_or(ApiError::Unauthenticated)?,
-        deadline: started + server.request_timeout,
+        deadline,
         traceparent: request.headers().get("traceparent").cloned(),
         gateway,
     };
-    let body = read_body(request.into_body(), server.max_body_bytes, context.deadline).await?;
+    let body = request.into_body();
     match route {
-        Route::CreatePayment => payments::create(&context, &body).await,
-        Route::GetPayment(id) => payments::get(&context, &id),
-        Route::FollowUp(id, kind) => followups::follow_up(&context, &id, kind, &body).await,
+        Route::CreatePayment => payments::create(&scope, &body).await,
+        Route::GetPayment(id) => payments::get(&scope, &id),
+        Route::FollowUp(id, kind) => followups::follow_up(&scope, &id, kind, &body).await,
     }
 }
 
@@ -129,29 +121,6 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         }
         ([_, "capture" | "refunds"], _) => Err(post_only),
         _ => Err(not_found()),
-    }
-}
-
-/// Reads the whole body, at most `limit` bytes and not past `deadline`.
-pub(crate) async fn read_body<B>(
-    body: B,
-    limit: usize,
-    deadline: Instant,
-) -> Result<Bytes, ApiError>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout_at(deadline.into(), collect).await {
-        Err(_) => Err(ApiError::RequestTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Ok(Err(_)) => Err(ApiError::InvalidRequest(
-            "the request body could not be read".into(),
-        )),
     }
 }
 

@@ -40,6 +40,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
     let snapshot = scope.gateway.snapshot();
     let config = &snapshot.config;
     check_merchant_allows(config, &scope.merchant, &new)?;
+    assess_risk(scope, config, &new, &fields)?;
     let facts = PaymentFacts {
         merchant: &scope.merchant,
         currency: &new.currency,
@@ -67,16 +68,10 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
 
     let mut finished = None;
     let mut last_decline = None;
-    for (number, &channel_id) in decision.order.iter().enumerate() {
+    let mut attempted = false;
+    let mut skipped = false;
+    for &channel_id in &decision.order {
         if Instant::now() >= scope.deadline {
-            break;
-        }
-        if number > 0
-            && !router
-                .budget
-                .try_retry(router.now_ms(), &config.routing.retry_budget)
-        {
-            tracing::warn!(request_id = %scope.request_id, payment = %id, "retry budget exhausted: no further failover");
             break;
         }
         let (Some(client), Some(channel)) = (
@@ -85,6 +80,24 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
         ) else {
             continue;
         };
+        // A channel at its contracted rate or in-flight cap is passed over, not failed.
+        let _in_flight = match scope.gateway.limits.admit_channel(channel) {
+            Ok(guard) => guard,
+            Err(reason) => {
+                tracing::debug!(request_id = %scope.request_id, channel = %channel.name, ?reason, "channel skipped");
+                skipped = true;
+                continue;
+            }
+        };
+        if attempted
+            && !router
+                .budget
+                .try_retry(router.now_ms(), &config.routing.retry_budget)
+        {
+            tracing::warn!(request_id = %scope.request_id, payment = %id, "retry budget exhausted: no further failover");
+            break;
+        }
+        attempted = true;
         let context = CallContext {
             paygate_id: &id,
             idempotency_key: &id,
@@ -150,7 +163,47 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             break;
         }
     }
+    if !attempted && skipped {
+        scope
+            .gateway
+            .store
+            .update(&id, &mut |p| p.status = PaymentStatus::Failed);
+        return Err(ApiError::Overloaded(
+            "every eligible channel is at its rate or in-flight limit; the payment was not sent"
+                .into(),
+        ));
+    }
     conclude(scope, &id, finished, last_decline)
+}
+
+/// The risk rules, global then the merchant's; 422 `risk_rejected` naming the rule.
+fn assess_risk(
+    scope: &Scope,
+    config: &crate::config::Config,
+    new: &NewPayment,
+    fields: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let merchant = config
+        .merchant(&scope.merchant)
+        .ok_or(ApiError::Unauthenticated)?;
+    let card_number = fields
+        .get("card")
+        .and_then(|c| c.get("number"))
+        .and_then(Value::as_str);
+    let facts = crate::risk::Facts {
+        merchant: &scope.merchant,
+        amount: new.amount,
+        country: new.country.as_deref(),
+        card_number,
+    };
+    scope
+        .gateway
+        .risk
+        .assess([&config.risk, &merchant.risk], &facts)
+        .map_err(|rejection| {
+            tracing::info!(request_id = %scope.request_id, merchant = %scope.merchant, rule = %rejection.0, "risk rejected");
+            ApiError::RiskRejected { rule: rejection.0 }
+        })
 }
 
 /// The answer once the attempts are over: the final status, or why there is none.

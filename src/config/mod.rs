@@ -104,8 +104,12 @@ pub struct Config {
     pub channels: Vec<Channel>,
     pub rules: Vec<Rule>,
     pub simulators: Vec<Simulator>,
+    pub idempotency: Idempotency,
+    /// Risk rules for every merchant (each merchant adds its own).
+    pub risk: Risk,
     pub rule_index: RuleIndex,
     merchant_by_key: FxHashMap<[u8; 32], usize>,
+    merchant_by_certificate: FxHashMap<[u8; 32], usize>,
 }
 
 impl Config {
@@ -138,6 +142,17 @@ impl Config {
             .map(|&i| &self.merchants[i])
     }
 
+    /// The merchant whose TLS client certificate (DER) hashes to `cert_sha256`.
+    pub fn merchant_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<&Merchant> {
+        self.merchant_by_certificate
+            .get(cert_sha256)
+            .map(|&i| &self.merchants[i])
+    }
+
+    pub fn merchant(&self, id: &str) -> Option<&Merchant> {
+        self.merchants.iter().find(|m| m.id == id)
+    }
+
     pub fn channel_by_name(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
     }
@@ -164,7 +179,76 @@ pub struct Server {
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_headers: usize,
+    /// Requests handled at once; beyond it paygate answers 503 `overloaded` at once.
+    pub max_in_flight: usize,
+    /// All merchants together.
+    pub rate_limit: Option<RateLimit>,
     pub tls: Option<ServerTls>,
+}
+
+/// What to do with a request whose idempotency key is still being processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlight {
+    /// 409 `idempotency_conflict` at once (the contract's default).
+    Reject,
+    /// Wait for the first to finish, then answer with its stored response.
+    Wait,
+}
+
+/// `[idempotency]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idempotency {
+    pub ttl: Duration,
+    /// Keys kept at most; when full, new keys get 503 until expired ones are swept.
+    pub max_keys: usize,
+    pub in_flight: InFlight,
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+            max_keys: 1_000_000,
+            in_flight: InFlight::Reject,
+        }
+    }
+}
+
+/// What a velocity limit counts per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VelocityScope {
+    Merchant,
+    /// The card's fingerprint (a keyed hash of its number, never the number).
+    Card,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Velocity {
+    pub name: String,
+    pub per: VelocityScope,
+    pub window: Duration,
+    pub max_count: Option<u64>,
+    pub max_amount: Option<u64>,
+}
+
+/// Risk rules checked before routing; every listed rule must pass.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Risk {
+    pub min_amount: Option<u64>,
+    pub max_amount: Option<u64>,
+    pub blocked_bins: Vec<String>,
+    pub blocked_countries: Vec<String>,
+    pub velocity: Vec<Velocity>,
+}
+
+/// A secret from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// `[routing]`: how the adaptive strategy weighs its figures, when channels are ejected, and
@@ -267,6 +351,9 @@ pub struct Merchant {
     /// Empty: every currency.
     pub currencies: Vec<String>,
     pub rate_limit: Option<RateLimit>,
+    /// HMAC-SHA256 key for `Paygate-Signature`; when set, unsigned requests are refused.
+    pub signing_secret: Option<Secret>,
+    pub risk: Risk,
 }
 
 impl Merchant {
@@ -346,6 +433,8 @@ pub struct Channel {
     pub rate_limit: Option<RateLimit>,
     pub retryable_codes: Vec<String>,
     pub weight: u32,
+    /// Calls in flight at most; a channel at its cap is skipped, like one at its rate limit.
+    pub max_in_flight: Option<usize>,
     pub tls: ChannelTls,
 }
 

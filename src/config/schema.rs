@@ -27,6 +27,43 @@ pub struct RawFile {
     pub rules: Vec<Spanned<RawRule>>,
     #[serde(default)]
     pub simulators: Vec<Spanned<RawSimulator>>,
+    #[serde(default)]
+    pub idempotency: RawIdempotency,
+    #[serde(default)]
+    pub risk: RawRisk,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    pub ttl_secs: Option<Spanned<u64>>,
+    pub max_keys: Option<Spanned<u64>>,
+    pub in_flight: Option<Spanned<String>>,
+}
+
+/// Risk rules: `[risk]` applies to every merchant, `[merchants.risk]` to one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRisk {
+    pub min_amount: Option<Spanned<u64>>,
+    pub max_amount: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub blocked_bins: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub blocked_countries: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub velocity: Vec<Spanned<RawVelocity>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVelocity {
+    pub name: Spanned<String>,
+    /// "merchant" or "card".
+    pub per: Spanned<String>,
+    pub window_secs: Spanned<u64>,
+    pub max_count: Option<u64>,
+    pub max_amount: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +75,8 @@ pub struct RawServer {
     pub request_timeout_ms: Option<Spanned<u64>>,
     pub header_read_timeout_ms: Option<Spanned<u64>>,
     pub max_headers: Option<Spanned<u64>>,
+    pub max_in_flight: Option<Spanned<u64>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub tls: Option<Spanned<RawServerTls>>,
 }
 
@@ -83,12 +122,17 @@ pub struct RawRetryBudget {
 #[serde(deny_unknown_fields)]
 pub struct RawMerchant {
     pub id: Spanned<String>,
-    pub api_key_sha256: Spanned<String>,
+    pub api_key_sha256: Option<Spanned<String>>,
     #[serde(default)]
     pub methods: Vec<Spanned<String>>,
     #[serde(default)]
     pub currencies: Vec<Spanned<String>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    /// `"env:NAME"`: the HMAC secret for `Paygate-Signature`; with it, requests must be signed.
+    pub signing_secret: Option<Spanned<String>>,
+    /// Hex SHA-256 of the merchant's TLS client certificate (DER), as an alternative to keys.
+    pub client_cert_sha256: Option<Spanned<String>>,
+    pub risk: Option<Spanned<RawRisk>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +166,7 @@ pub struct RawChannel {
     #[serde(default)]
     pub retryable_codes: Vec<String>,
     pub weight: Option<u32>,
+    pub max_in_flight: Option<u64>,
     pub tls: Option<Spanned<RawChannelTls>>,
 }
 

@@ -31,6 +31,11 @@ const DEFAULT_CHANNEL_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 256;
 const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:0";
+/// Requests in flight at once; Envoy's circuit breakers default to 1024 per cluster, a
+/// gateway in front of several PSPs holds more.
+const DEFAULT_MAX_IN_FLIGHT: u64 = 10_000;
+/// Longest BIN prefix a rule may block (BINs are 6 to 8 digits).
+const MAX_BIN_LEN: usize = 8;
 
 /// Header names whose values are secrets and so must come from the environment.
 const SECRET_HEADER_HINTS: [&str; 4] = ["authorization", "key", "secret", "token"];
@@ -52,6 +57,8 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
     let simulators = check.simulators(&raw.simulators);
     let channels = check.channels(&raw.channels, &simulators);
     let rules = check.rules(&raw.rules, &channels, &merchants, default_strategy);
+    let idempotency = check.idempotency(&raw.idempotency);
+    let risk = check.risk(&raw.risk);
     if !check.problems.is_empty() {
         check.problems.sort_by_key(|p| (p.line, p.column));
         return Err(check.problems);
@@ -59,7 +66,12 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
     let merchant_by_key = merchants
         .iter()
         .enumerate()
-        .map(|(i, (_, key))| (*key, i))
+        .filter_map(|(i, (_, identity))| identity.api_key.map(|key| (key, i)))
+        .collect::<FxHashMap<_, _>>();
+    let merchant_by_certificate = merchants
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, identity))| identity.certificate.map(|cert| (cert, i)))
         .collect::<FxHashMap<_, _>>();
     let rule_index = RuleIndex::build(&rules);
     Ok(Config {
@@ -72,8 +84,11 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         channels,
         rules,
         simulators,
+        idempotency,
+        risk,
         rule_index,
         merchant_by_key,
+        merchant_by_certificate,
     })
 }
 
@@ -182,6 +197,12 @@ impl<'a> Checker<'a> {
         );
         let max_headers =
             self.positive(raw.max_headers.as_ref(), DEFAULT_MAX_HEADERS, "max_headers");
+        let max_in_flight = self.positive(
+            raw.max_in_flight.as_ref(),
+            DEFAULT_MAX_IN_FLIGHT,
+            "max_in_flight",
+        );
+        let rate_limit = self.rate_limit(raw.rate_limit.as_ref());
         let tls = raw.tls.as_ref().map(|tls| self.server_tls(tls.get_ref()));
         Server {
             listen,
@@ -190,6 +211,8 @@ impl<'a> Checker<'a> {
             request_timeout: Duration::from_millis(request_timeout_ms),
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
             max_headers: usize::try_from(max_headers).unwrap_or(usize::MAX),
+            max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+            rate_limit,
             tls,
         }
     }
@@ -398,47 +421,208 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn merchants(&mut self, raw: &[Spanned<RawMerchant>]) -> Vec<(Merchant, [u8; 32])> {
+    fn merchants(&mut self, raw: &[Spanned<RawMerchant>]) -> Vec<(Merchant, Identity)> {
         let mut names = HashSet::new();
-        let mut keys = HashSet::new();
+        let mut hashes = HashSet::new();
         let mut merchants = Vec::with_capacity(raw.len());
         for merchant in raw {
             let m = merchant.get_ref();
             self.unique(&mut names, &m.id, "merchant");
-            let key = self.key_hash(&m.api_key_sha256);
-            if key != [0; 32] && !keys.insert(key) {
+            let identity = Identity {
+                api_key: m
+                    .api_key_sha256
+                    .as_ref()
+                    .map(|k| self.sha256_hex(k, "api_key_sha256")),
+                certificate: m
+                    .client_cert_sha256
+                    .as_ref()
+                    .map(|c| self.sha256_hex(c, "client_cert_sha256")),
+            };
+            if identity.api_key.is_none() && identity.certificate.is_none() {
                 self.problem(
-                    &m.api_key_sha256.span(),
+                    &m.id.span(),
                     format!(
-                        "merchant {:?} has the same API key as another merchant",
+                        "merchant {:?} needs api_key_sha256 or client_cert_sha256 to authenticate",
                         m.id.get_ref()
                     ),
                 );
             }
+            for (hash, at) in [
+                (identity.api_key, m.api_key_sha256.as_ref()),
+                (identity.certificate, m.client_cert_sha256.as_ref()),
+            ] {
+                if let (Some(hash), Some(at)) = (hash, at)
+                    && hash != [0; 32]
+                    && !hashes.insert(hash)
+                {
+                    self.problem(
+                        &at.span(),
+                        format!(
+                            "merchant {:?} shares a key or certificate with another merchant",
+                            m.id.get_ref()
+                        ),
+                    );
+                }
+            }
             let currencies = self.currencies(&m.currencies);
             let rate_limit = self.rate_limit(m.rate_limit.as_ref());
+            let signing_secret = m.signing_secret.as_ref().and_then(|s| {
+                self.secret(
+                    s,
+                    &format!("signing_secret of merchant {:?}", m.id.get_ref()),
+                )
+            });
+            let risk = m
+                .risk
+                .as_ref()
+                .map(|r| self.risk(r.get_ref()))
+                .unwrap_or_default();
             merchants.push((
                 Merchant {
                     id: m.id.get_ref().clone(),
                     methods: plain(&m.methods),
                     currencies,
                     rate_limit,
+                    signing_secret,
+                    risk,
                 },
-                key,
+                identity,
             ));
         }
         merchants
     }
 
-    fn key_hash(&mut self, raw: &Spanned<String>) -> [u8; 32] {
-        let mut key = [0u8; 32];
-        if hex::decode_to_slice(raw.get_ref(), &mut key).is_err() {
+    fn sha256_hex(&mut self, raw: &Spanned<String>, key: &str) -> [u8; 32] {
+        let mut hash = [0u8; 32];
+        if hex::decode_to_slice(raw.get_ref(), &mut hash).is_err() {
             self.problem(
                 &raw.span(),
-                "api_key_sha256 must be the 64 hex digits of the key's SHA-256 (for example: printf %s KEY | sha256sum)".into(),
+                format!("{key} must be 64 hex digits of a SHA-256 (for a key: printf %s KEY | sha256sum)"),
             );
         }
-        key
+        hash
+    }
+
+    /// An `"env:NAME"` value, read from the environment.
+    fn secret(&mut self, raw: &Spanned<String>, what: &str) -> Option<Secret> {
+        let Some(var) = raw.get_ref().strip_prefix("env:") else {
+            self.problem(
+                &raw.span(),
+                format!("{what} must be \"env:VARIABLE\": secrets never live in the routes file"),
+            );
+            return None;
+        };
+        match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Some(Secret(value.into_bytes())),
+            _ => {
+                self.problem(
+                    &raw.span(),
+                    format!("environment variable {var} ({what}) is not set"),
+                );
+                None
+            }
+        }
+    }
+
+    fn idempotency(&mut self, raw: &RawIdempotency) -> Idempotency {
+        let defaults = Idempotency::default();
+        let ttl = self.positive(raw.ttl_secs.as_ref(), defaults.ttl.as_secs(), "ttl_secs");
+        let max_keys = self.positive(raw.max_keys.as_ref(), defaults.max_keys as u64, "max_keys");
+        let in_flight = match &raw.in_flight {
+            None => defaults.in_flight,
+            Some(v) => match v.get_ref().as_str() {
+                "reject" => InFlight::Reject,
+                "wait" => InFlight::Wait,
+                other => {
+                    self.problem(
+                        &v.span(),
+                        format!("in_flight must be \"reject\" or \"wait\", not {other:?}"),
+                    );
+                    defaults.in_flight
+                }
+            },
+        };
+        Idempotency {
+            ttl: Duration::from_secs(ttl),
+            max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
+            in_flight,
+        }
+    }
+
+    fn risk(&mut self, raw: &RawRisk) -> Risk {
+        if let (Some(min), Some(max)) = (&raw.min_amount, &raw.max_amount)
+            && min.get_ref() > max.get_ref()
+        {
+            self.problem(
+                &min.span(),
+                format!(
+                    "risk: min_amount {} is greater than max_amount {}",
+                    min.get_ref(),
+                    max.get_ref()
+                ),
+            );
+        }
+        for bin in &raw.blocked_bins {
+            let b = bin.get_ref();
+            if b.is_empty() || b.len() > MAX_BIN_LEN || !b.bytes().all(|c| c.is_ascii_digit()) {
+                self.problem(
+                    &bin.span(),
+                    format!("blocked BIN {b:?} must be 1 to {MAX_BIN_LEN} digits"),
+                );
+            }
+        }
+        let blocked_countries = self.countries(&raw.blocked_countries);
+        let velocity = raw
+            .velocity
+            .iter()
+            .filter_map(|v| self.velocity(v))
+            .collect();
+        Risk {
+            min_amount: raw.min_amount.as_ref().map(|v| *v.get_ref()),
+            max_amount: raw.max_amount.as_ref().map(|v| *v.get_ref()),
+            blocked_bins: plain(&raw.blocked_bins),
+            blocked_countries,
+            velocity,
+        }
+    }
+
+    fn velocity(&mut self, raw: &Spanned<RawVelocity>) -> Option<Velocity> {
+        let v = raw.get_ref();
+        let per = match v.per.get_ref().as_str() {
+            "merchant" => VelocityScope::Merchant,
+            "card" => VelocityScope::Card,
+            other => {
+                self.problem(
+                    &v.per.span(),
+                    format!("velocity `per` must be \"merchant\" or \"card\", not {other:?}"),
+                );
+                return None;
+            }
+        };
+        if *v.window_secs.get_ref() == 0 {
+            self.problem(
+                &v.window_secs.span(),
+                "velocity window_secs must be greater than 0".into(),
+            );
+            return None;
+        }
+        if v.max_count.is_none() && v.max_amount.is_none() {
+            self.problem(
+                &raw.span(),
+                format!(
+                    "velocity rule {:?} needs max_count or max_amount",
+                    v.name.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(Velocity {
+            name: v.name.get_ref().clone(),
+            per,
+            window: Duration::from_secs(*v.window_secs.get_ref()),
+            max_count: v.max_count,
+            max_amount: v.max_amount,
+        })
     }
 
     fn simulators(&mut self, raw: &[Spanned<RawSimulator>]) -> Vec<Simulator> {
@@ -657,6 +841,9 @@ impl<'a> Checker<'a> {
                 rate_limit,
                 retryable_codes: c.retryable_codes.clone(),
                 weight: c.weight.unwrap_or(1),
+                max_in_flight: c
+                    .max_in_flight
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 tls,
             });
         }
@@ -667,7 +854,7 @@ impl<'a> Checker<'a> {
         &mut self,
         raw: &[Spanned<RawRule>],
         channels: &[Channel],
-        merchants: &[(Merchant, [u8; 32])],
+        merchants: &[(Merchant, Identity)],
         default_strategy: Strategy,
     ) -> Vec<Rule> {
         let mut names = HashSet::new();
@@ -734,7 +921,7 @@ impl<'a> Checker<'a> {
         ids
     }
 
-    fn matcher(&mut self, raw: &RawMatch, merchants: &[(Merchant, [u8; 32])], rule: &str) -> Match {
+    fn matcher(&mut self, raw: &RawMatch, merchants: &[(Merchant, Identity)], rule: &str) -> Match {
         for merchant in &raw.merchants {
             if !merchants.iter().any(|(m, _)| &m.id == merchant.get_ref()) {
                 self.problem(
@@ -762,6 +949,12 @@ impl<'a> Checker<'a> {
             max_amount,
         }
     }
+}
+
+/// How a merchant proves who it is: SHA-256 of its API key and/or of its client certificate.
+struct Identity {
+    api_key: Option<[u8; 32]>,
+    certificate: Option<[u8; 32]>,
 }
 
 fn plain(raw: &[Spanned<String>]) -> Vec<String> {

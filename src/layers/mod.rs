@@ -1,12 +1,19 @@
 //! Tower layers of the merchant request path, one concern each. `server` stacks them in the
-//! order of the concerns: request id, request limits, authentication, then the API.
+//! order of the concerns: request id, deadline, size limits, load shedding, body, then
+//! authentication, rate limits and idempotency, then the API.
 //!
 //! A layer either passes the request on (adding what it learnt to the request's extensions)
 //! or answers with the contract's JSON error itself; none of them routes or calls a PSP.
 
 mod auth;
+mod body;
+mod check;
+mod deadline;
+mod idempotency;
 mod limits;
+mod rate_limit;
 mod request_id;
+mod shed;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,9 +23,15 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 
-pub use auth::{AuthLayer, AuthenticatedMerchant};
-pub use limits::LimitsLayer;
+pub use auth::{Authenticate, AuthenticatedMerchant, PeerCertificate};
+pub use body::{BodyLayer, read as read_body};
+pub use check::CheckLayer;
+pub use deadline::{Deadline, Deadlines};
+pub use idempotency::IdempotencyLayer;
+pub use limits::SizeLimits;
+pub use rate_limit::RateLimit;
 pub use request_id::{RequestId, RequestIdLayer};
+pub use shed::ShedLayer;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;

@@ -5,11 +5,12 @@
 //! counts when the segment has enough of them, else the channel's):
 //!
 //! ```text
-//! score(c) = θ(c) − latency_penalty_per_second × latency_s(c) − fee_penalty × fee(c) / amount
+//! score(c) = θ(c) − latency_penalty_per_second × min(latency_s(c), 2) − fee_penalty × fee(c) / amount
 //! θ(c) ~ Beta(s + 1, n − s + 1)
 //! ```
 //!
-//! and channels are tried in descending score. Why Thompson sampling rather than a fixed
+//! where latency is the channel's time-weighted mean latency (10 s time constant), and channels
+//! are tried in descending score. Why Thompson sampling rather than a fixed
 //! exploration share (Hyperswitch explores 20% of traffic) or UCB: the amount of exploring
 //! follows the evidence. Two channels far apart get the worse one almost no traffic; two
 //! close together, or one with few recent calls, share traffic until the data separates them.
@@ -33,6 +34,10 @@ pub fn sample_success(counts: &Counts, rng: &mut impl rand::Rng) -> f64 {
     }
 }
 
+/// Latency beyond this adds no further penalty: past it a channel is slow either way, and an
+/// outlier estimate must not outweigh real differences in success.
+const MAX_PENALISED_LATENCY_MS: f64 = 2_000.0;
+
 /// The penalties subtracted from the success draw.
 pub fn penalty(
     latency_ms: f64,
@@ -46,7 +51,7 @@ pub fn penalty(
     } else {
         fee as f64 / amount as f64
     };
-    latency_per_second * latency_ms / 1000.0 + fee_weight * fee_share
+    latency_per_second * latency_ms.min(MAX_PENALISED_LATENCY_MS) / 1000.0 + fee_weight * fee_share
 }
 
 /// True with probability `share`.

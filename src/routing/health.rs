@@ -72,12 +72,12 @@ impl Health {
     }
 
     /// A call that reached the PSP and got an answer (approved or declined). Ends probing.
-    pub fn on_answer(&self) {
+    /// An answer that arrives while the channel is still ejected belongs to a call sent before
+    /// the ejection: it proves nothing about the channel now and restores nothing.
+    pub fn on_answer(&self, now_ms: u64) {
         self.consecutive_faults.store(0, Ordering::Relaxed);
         let word = self.word.load(Ordering::Acquire);
-        if word != HEALTHY {
-            // Only a probe can get here (an ejected channel gets no calls); a late answer to a
-            // call made before the ejection also restores, which errs on the side of traffic.
+        if matches!(ejected_until(word), Some(until) if now_ms >= until) {
             let _ = self
                 .word
                 .compare_exchange(word, HEALTHY, Ordering::AcqRel, Ordering::Acquire);
@@ -149,7 +149,7 @@ mod tests {
         let health = Health::default();
         let s = settings();
         assert_eq!(health.on_fault(0, &s), None);
-        health.on_answer(); // an answer resets the streak
+        health.on_answer(0); // an answer resets the streak
         assert_eq!(health.on_fault(1, &s), None);
         assert_eq!(health.on_fault(2, &s), None);
         assert_eq!(health.on_fault(3, &s), Some(Cause::ConsecutiveFaults));
@@ -163,8 +163,11 @@ mod tests {
         assert_eq!(health.on_fault(3_100, &s), Some(Cause::ConsecutiveFaults));
         assert_eq!(health.state(5_599), State::Ejected);
         assert_eq!(health.state(5_600), State::Probing);
-        // A successful probe restores.
-        health.on_answer();
+        // An answer while still ejected (a call from before) restores nothing ...
+        health.on_answer(5_599);
+        assert_eq!(health.state(5_599), State::Ejected);
+        // ... a successful probe does.
+        health.on_answer(5_600);
         assert_eq!(health.state(5_600), State::Healthy);
         assert_eq!(health.ejections(), 3);
         // Long after, a new ejection starts again from the base back-off.

@@ -81,7 +81,9 @@ pub struct Candidate {
     /// Whether `counts` are the segment's (method x currency) or the channel's.
     pub from_segment: bool,
     pub success_rate: f64,
+    /// Mean latency (what the score penalises) and the peak-EWMA estimate.
     pub latency_ms: f64,
+    pub latency_peak_ms: f64,
     /// The channel's fee for this amount, minor units.
     pub fee: u64,
     /// Adaptive only: the Thompson draw and the score after penalties.
@@ -245,6 +247,7 @@ pub fn decide(
             from_segment,
             success_rate: counts.smoothed_rate(),
             latency_ms: score.latency_ms(),
+            latency_peak_ms: score.latency_peak_ms(),
             fee: channel.fee.of(payment.amount),
             sample: None,
             score: None,

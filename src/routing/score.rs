@@ -22,8 +22,11 @@ use crate::store::Outcome;
 /// Seconds of history a success rate covers: short enough that traffic leaves a degrading PSP
 /// within seconds, long enough to hold hundreds of payments at modest volume.
 pub const WINDOW_SECS: usize = 30;
-/// Time constant of the latency average, as linkerd2-proxy's peak EWMA uses.
+/// Time constant of the latency averages, as linkerd2-proxy's peak EWMA uses.
 const LATENCY_DECAY_MS: f64 = 10_000.0;
+/// Least weight of one sample in the mean, so that many calls in the same millisecond still
+/// move it (about the last thousand calls at high volume).
+const MIN_SAMPLE_WEIGHT: f64 = 0.001;
 /// Latency assumed for a channel never measured (linkerd2-proxy's default RTT).
 const DEFAULT_LATENCY_MS: f64 = 30.0;
 /// Segments kept per channel; beyond this, new segments use the channel's figure only.
@@ -97,8 +100,12 @@ pub fn segment_key(method: &str, currency: &str) -> u64 {
 pub struct ChannelScore {
     overall: Ring<WINDOW_SECS>,
     segments: DashMap<u64, Arc<Ring<WINDOW_SECS>>>,
-    /// f64 bits of the latency estimate in ms; 0: never measured.
-    latency_ms: AtomicU64,
+    /// f64 bits of the time-weighted mean latency in ms; 0: never measured. Routing uses
+    /// this: with heavy-tailed PSP latencies the peak is noise.
+    latency_mean_ms: AtomicU64,
+    /// f64 bits of the peak-EWMA latency in ms (jumps up at once, decays down): shown to
+    /// operators as the early sign of a slowing PSP.
+    latency_peak_ms: AtomicU64,
     latency_at_ms: AtomicU64,
     pub health: Health,
 }
@@ -132,7 +139,7 @@ impl ChannelScore {
         match observation {
             Observation::Fault => self.health.on_fault(now_ms, ejection),
             Observation::Success | Observation::Decline => {
-                self.health.on_answer();
+                self.health.on_answer(now_ms);
                 None
             }
         }
@@ -164,31 +171,44 @@ impl ChannelScore {
         (self.overall(now_ms), false)
     }
 
-    /// Folds in one latency: a value above the estimate replaces it at once (peak
-    /// sensitivity); one below pulls it down by the weight the elapsed time gives.
+    /// Folds in one latency: into the mean with the weight the elapsed time gives (at least
+    /// [`MIN_SAMPLE_WEIGHT`]), and into the peak estimate, which a slower sample replaces at
+    /// once and faster ones pull down by that weight.
     fn record_latency(&self, now_ms: u64, latency: Duration) {
         let sample = latency.as_secs_f64() * 1000.0;
         let last = self.latency_at_ms.swap(now_ms, Ordering::AcqRel);
-        let keep = (-(now_ms.saturating_sub(last) as f64) / LATENCY_DECAY_MS).exp();
-        let _ = self
-            .latency_ms
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+        let weight = (1.0 - (-(now_ms.saturating_sub(last) as f64) / LATENCY_DECAY_MS).exp())
+            .max(MIN_SAMPLE_WEIGHT);
+        let fold = |cell: &AtomicU64, peak: bool| {
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 let estimate = f64::from_bits(bits);
-                let next = if bits == 0 || sample > estimate {
+                let next = if bits == 0 || (peak && sample > estimate) {
                     sample
                 } else {
-                    estimate * keep + sample * (1.0 - keep)
+                    estimate * (1.0 - weight) + sample * weight
                 };
                 Some(next.max(f64::MIN_POSITIVE).to_bits())
             });
+        };
+        fold(&self.latency_mean_ms, false);
+        fold(&self.latency_peak_ms, true);
     }
 
-    /// The latency estimate in milliseconds.
+    /// The mean latency in milliseconds (what routing penalises).
     pub fn latency_ms(&self) -> f64 {
-        match self.latency_ms.load(Ordering::Acquire) {
-            0 => DEFAULT_LATENCY_MS,
-            bits => f64::from_bits(bits),
-        }
+        read_latency(&self.latency_mean_ms)
+    }
+
+    /// The peak-EWMA latency in milliseconds.
+    pub fn latency_peak_ms(&self) -> f64 {
+        read_latency(&self.latency_peak_ms)
+    }
+}
+
+fn read_latency(cell: &AtomicU64) -> f64 {
+    match cell.load(Ordering::Acquire) {
+        0 => DEFAULT_LATENCY_MS,
+        bits => f64::from_bits(bits),
     }
 }
 
@@ -250,25 +270,35 @@ mod tests {
     }
 
     #[test]
-    fn latency_jumps_up_and_decays_down() {
+    fn latency_mean_is_steady_and_peak_jumps() {
         let score = ChannelScore::new();
         let e = Ejection::default();
         assert_eq!(score.latency_ms(), DEFAULT_LATENCY_MS);
         score.observe(0, 0, Observation::Success, ms(10), &e);
         assert!((score.latency_ms() - 10.0).abs() < 1e-6);
-        score.observe(0, 0, Observation::Success, ms(200), &e);
-        assert!((score.latency_ms() - 200.0).abs() < 1e-6);
-        // At once, a fast sample barely moves the estimate ...
-        score.observe(0, 0, Observation::Success, ms(1), &e);
-        assert!(score.latency_ms() > 199.0);
-        // ... a decay constant later, it has come most of the way down.
-        score.observe(10_000, 0, Observation::Success, ms(1), &e);
-        let expected = 200.0 * (-1.0f64).exp() + 1.0 * (1.0 - (-1.0f64).exp());
+        // One slow call: the peak jumps to it, the mean barely moves.
+        score.observe(0, 0, Observation::Success, ms(2_000), &e);
+        assert!((score.latency_peak_ms() - 2_000.0).abs() < 1e-6);
+        assert!(score.latency_ms() < 15.0, "{}", score.latency_ms());
+        // A decay constant later, fast calls have brought the peak most of the way down.
+        score.observe(10_000, 0, Observation::Success, ms(10), &e);
+        let expected = 2_000.0 * (-1.0f64).exp() + 10.0 * (1.0 - (-1.0f64).exp());
         assert!(
-            (score.latency_ms() - expected).abs() < 0.5,
+            (score.latency_peak_ms() - expected).abs() < 0.5,
             "{}",
-            score.latency_ms()
+            score.latency_peak_ms()
         );
+    }
+
+    #[test]
+    fn latency_mean_follows_many_calls_in_one_millisecond() {
+        let score = ChannelScore::new();
+        let e = Ejection::default();
+        score.observe(0, 0, Observation::Success, ms(100), &e);
+        for _ in 0..5_000 {
+            score.observe(1, 0, Observation::Success, ms(300), &e);
+        }
+        assert!(score.latency_ms() > 290.0, "{}", score.latency_ms());
     }
 
     #[test]

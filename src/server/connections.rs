@@ -13,9 +13,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Service;
+
+use crate::layers::PeerCertificate;
 
 /// Headers beyond the configured cap that hyper still parses, so that the request-limits
 /// layer can answer with a JSON 431; past this hyper answers 431 itself and closes.
@@ -81,13 +84,14 @@ pub async fn accept<S>(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
+        let service_base = service.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             let result = match tls {
                 None => {
+                    let service = TowerToHyperService::new(service_base);
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(connection.into_owned()).await
                 }
@@ -105,6 +109,22 @@ pub async fn accept<S>(
                             return;
                         }
                     };
+                    // The client certificate, when the merchant presented one, identifies it.
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| PeerCertificate(Sha256::digest(cert.as_ref()).into()));
+                    let service = TowerToHyperService::new(tower::util::MapRequest::new(
+                        service_base,
+                        move |mut request: Request<Incoming>| {
+                            if let Some(certificate) = certificate {
+                                request.extensions_mut().insert(certificate);
+                            }
+                            request
+                        },
+                    ));
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(connection.into_owned()).await
                 }

@@ -23,13 +23,18 @@ use crate::api::Api;
 use crate::api::admin::AdminToken;
 use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
-use crate::layers::{AuthLayer, LimitsLayer, RequestIdLayer};
+use crate::layers::{
+    Authenticate, BodyLayer, CheckLayer, Deadlines, IdempotencyLayer, RateLimit, RequestIdLayer,
+    ShedLayer, SizeLimits,
+};
 use crate::store::MemoryStore;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_PERIOD: Duration = Duration::from_secs(15);
 /// How often success-rate ejection runs (Envoy's interval is 10 s; payments move faster).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Sweeps between clean-ups of expired idempotency records and idle velocity windows.
+const CLEANUP_EVERY: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -80,13 +85,21 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     let _ = std::io::stdout().flush();
 
     let ready = Arc::new(AtomicBool::new(true));
+    // The order of the layers is the order of the concerns.
     let service = ServiceBuilder::new()
         .layer(RequestIdLayer)
-        .layer(LimitsLayer {
+        .layer(CheckLayer(Deadlines(gateway.clone())))
+        .layer(CheckLayer(SizeLimits {
             max_headers: server.max_headers,
             max_body_bytes: server.max_body_bytes,
+        }))
+        .layer(ShedLayer(gateway.clone()))
+        .layer(BodyLayer {
+            max_body_bytes: server.max_body_bytes,
         })
-        .layer(AuthLayer::new(gateway.clone()))
+        .layer(CheckLayer(Authenticate(gateway.clone())))
+        .layer(CheckLayer(RateLimit(gateway.clone())))
+        .layer(IdempotencyLayer(gateway.clone()))
         .service(Api::new(gateway.clone()));
     let settings = connections::Settings {
         header_read_timeout: server.header_read_timeout,
@@ -108,7 +121,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         stopped,
         DRAIN_PERIOD,
     ));
-    let sweeper = tokio::spawn(sweep_forever(gateway.clone()));
+    let sweeper = tokio::spawn(maintain(gateway.clone()));
     shutdown_signal().await;
     sweeper.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
@@ -119,15 +132,35 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Success-rate ejection looks at every channel's window once a second.
-async fn sweep_forever(gateway: Arc<Gateway>) {
+/// Background upkeep: success-rate ejection once a second; expired idempotency records and
+/// idle velocity windows once a minute.
+async fn maintain(gateway: Arc<Gateway>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
+    for round in 0u64.. {
         tick.tick().await;
         let snapshot = gateway.snapshot();
-        for (channel, cause) in gateway.router.sweep(&snapshot.config, &snapshot.scores) {
-            tracing::warn!(channel = %snapshot.config.channels[channel].name, ?cause, "channel ejected");
+        let config = &snapshot.config;
+        for (channel, cause) in gateway.router.sweep(config, &snapshot.scores) {
+            tracing::warn!(channel = %config.channels[channel].name, ?cause, "channel ejected");
         }
+        if round % CLEANUP_EVERY != 0 {
+            continue;
+        }
+        let expired = gateway.idempotency.sweep(std::time::Instant::now());
+        let longest = config
+            .merchants
+            .iter()
+            .map(|m| &m.risk)
+            .chain([&config.risk])
+            .flat_map(|r| r.velocity.iter().map(|v| v.window))
+            .max()
+            .unwrap_or_default();
+        let idle = gateway.risk.sweep(longest);
+        tracing::debug!(
+            expired,
+            idle,
+            "swept idempotency records and velocity windows"
+        );
     }
 }
 

@@ -6,6 +6,7 @@
 //! be captured) belong to the handlers, which change a payment through `update`. A store never
 //! holds card data beyond [`MaskedCard`].
 
+pub mod idempotency;
 mod memory;
 
 use serde::Serialize;

@@ -1,0 +1,241 @@
+//! Idempotency for merchant `POST`s: a request with `Idempotency-Key` is processed once per
+//! merchant and key. A repeat with the same method, path and body gets the stored answer (200,
+//! `Idempotent-Replayed: true`); the same key with another request gets 409; a repeat while
+//! the first is still running gets 409, or waits for it when `[idempotency] in_flight =
+//! "wait"`.
+//!
+//! From this layer on, a `POST` runs in its own task: a client that disconnects cannot cancel
+//! a payment halfway, and its idempotency record is always settled.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use sha2::{Digest, Sha256};
+use tower::{Layer, Service};
+
+use super::{AuthenticatedMerchant, Deadline, HttpResponse, RequestId, ResponseFuture};
+use crate::api::ApiError;
+use crate::config::InFlight;
+use crate::gateway::Gateway;
+use crate::store::idempotency::{Begin, Scope, StoredResponse};
+
+const HEADER: &str = "idempotency-key";
+/// The contract's bound on key length.
+const MAX_KEY_LEN: usize = 255;
+
+#[derive(Clone)]
+pub struct IdempotencyLayer(pub Arc<Gateway>);
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = IdempotencyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        IdempotencyService {
+            gateway: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct IdempotencyService<S> {
+    gateway: Arc<Gateway>,
+    inner: S,
+}
+
+impl<S> Service<Request<Bytes>> for IdempotencyService<S>
+where
+    S: Service<Request<Bytes>, Response = HttpResponse, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        if request.method() != Method::POST {
+            return Box::pin(self.inner.call(request));
+        }
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let gateway = self.gateway.clone();
+        Box::pin(async move {
+            let request_id = RequestId::of(&request);
+            match scope_of(&request) {
+                Err(error) => Ok(error.into_response(&request_id)),
+                Ok(None) => Ok(run_to_completion(inner, request, None, gateway).await),
+                Ok(Some(scope)) => match admit(&gateway, &scope, &request).await {
+                    Ok(None) => Ok(run_to_completion(inner, request, Some(scope), gateway).await),
+                    Ok(Some(replay)) => Ok(replay),
+                    Err(error) => Ok(error.into_response(&request_id)),
+                },
+            }
+        })
+    }
+}
+
+/// The record's scope, when the request carries a key; 400 for a malformed key.
+fn scope_of(request: &Request<Bytes>) -> Result<Option<Scope>, ApiError> {
+    let Some(value) = request.headers().get(HEADER) else {
+        return Ok(None);
+    };
+    let Some(merchant) = request.extensions().get::<AuthenticatedMerchant>() else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be printable ASCII".into()))?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ApiError::InvalidRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} characters"
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(
+            "Idempotency-Key must not contain control characters".into(),
+        ));
+    }
+    Ok(Some((merchant.0.to_string(), key.to_string())))
+}
+
+fn request_hash(request: &Request<Bytes>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(request.method().as_str());
+    hasher.update(b" ");
+    hasher.update(request.uri().path());
+    hasher.update(b"\n");
+    hasher.update(request.body());
+    hasher.finalize().into()
+}
+
+/// None: go ahead and process. Some: the stored answer to replay.
+async fn admit(
+    gateway: &Gateway,
+    scope: &Scope,
+    request: &Request<Bytes>,
+) -> Result<Option<HttpResponse>, ApiError> {
+    let hash = request_hash(request);
+    let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+    loop {
+        let settings = gateway.snapshot().config.idempotency.clone();
+        match gateway
+            .idempotency
+            .begin(scope, hash, Instant::now(), &settings)
+        {
+            Begin::Proceed => return Ok(None),
+            Begin::Replay(stored) => return Ok(Some(replay(stored))),
+            Begin::Mismatch => {
+                return Err(ApiError::IdempotencyConflict(
+                    "this Idempotency-Key was used with a different request".into(),
+                ));
+            }
+            Begin::Full => {
+                tracing::warn!(
+                    "idempotency store full: refusing new keys until expired ones are swept"
+                );
+                return Err(ApiError::Overloaded(
+                    "too many idempotency keys are held; retry shortly".into(),
+                ));
+            }
+            Begin::InFlight(_) if settings.in_flight == InFlight::Reject => {
+                return Err(ApiError::IdempotencyConflict(
+                    "a request with this Idempotency-Key is still being processed".into(),
+                ));
+            }
+            Begin::InFlight(mut finished) => {
+                let wait = finished.changed();
+                let waited = match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline.into(), wait).await.is_ok(),
+                    None => {
+                        let _ = wait.await;
+                        true
+                    }
+                };
+                if !waited {
+                    return Err(ApiError::DeadlineExceeded { payment_id: None });
+                }
+            }
+        }
+    }
+}
+
+fn replay(stored: StoredResponse) -> HttpResponse {
+    let mut response = http::Response::new(Full::new(stored.body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    if let Some(channel) = stored.channel.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert("x-paygate-channel", channel);
+    }
+    response
+}
+
+/// Runs the request in its own task (so that a client leaving cannot cancel a payment) and
+/// settles the idempotency record with the answer.
+async fn run_to_completion<S>(
+    mut inner: S,
+    request: Request<Bytes>,
+    scope: Option<Scope>,
+    gateway: Arc<Gateway>,
+) -> HttpResponse
+where
+    S: Service<Request<Bytes>, Response = HttpResponse, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let request_id = RequestId::of(&request);
+    let task = tokio::spawn(async move {
+        let Ok(response) = inner.call(request).await;
+        let Some(scope) = scope else {
+            return response;
+        };
+        let settings = gateway.snapshot().config.idempotency.clone();
+        let (response, stored) = keep(response).await;
+        gateway
+            .idempotency
+            .finish(&scope, stored, Instant::now(), &settings);
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(_) => ApiError::Overloaded("the request could not be completed".into())
+            .into_response(&request_id),
+    }
+}
+
+/// A successful answer is kept for replay; anything else frees the key.
+async fn keep(response: HttpResponse) -> (HttpResponse, Option<StoredResponse>) {
+    if !response.status().is_success() {
+        return (response, None);
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await;
+    let bytes = collected.to_bytes();
+    let stored = StoredResponse {
+        status: parts.status.as_u16(),
+        body: bytes.clone(),
+        channel: parts
+            .headers
+            .get("x-paygate-channel")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
+    (
+        http::Response::from_parts(parts, Full::new(bytes)),
+        Some(stored),
+    )
+}

@@ -1,0 +1,290 @@
+//! Idempotency records: for each (merchant, `Idempotency-Key`), the hash of the first
+//! request and, once it is answered, the answer to replay.
+//!
+//! The store is a trait so that a shared backend can replace the memory one. It keeps
+//! bounded memory: at `max_keys` new keys are refused (the caller answers 503) rather than
+//! evicting a live record, which could let a retried payment through twice; expired records
+//! are swept in the background. Only successful answers are kept: a request that failed
+//! without charging may be retried with the same key.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::watch;
+
+use crate::config::Idempotency as Settings;
+
+/// An answer as it will be replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status the first request got (the replay answers 200).
+    pub status: u16,
+    pub body: Bytes,
+    pub channel: Option<String>,
+}
+
+/// What to do with a request that carries a key.
+#[derive(Debug)]
+pub enum Begin {
+    /// First time: process it, then call `finish`.
+    Proceed,
+    Replay(StoredResponse),
+    /// Same key, different request.
+    Mismatch,
+    /// The first request with this key is still being processed; the receiver changes when
+    /// it finishes (for callers that wait).
+    InFlight(watch::Receiver<()>),
+    /// The store is at `max_keys`.
+    Full,
+}
+
+/// A record's identity: merchant and key.
+pub type Scope = (String, String);
+
+pub trait IdempotencyStore: Send + Sync + 'static {
+    fn begin(
+        &self,
+        scope: &Scope,
+        request_hash: [u8; 32],
+        now: Instant,
+        settings: &Settings,
+    ) -> Begin;
+    /// Records the answer (`None`: the request failed and the key is free again).
+    fn finish(
+        &self,
+        scope: &Scope,
+        answer: Option<StoredResponse>,
+        now: Instant,
+        settings: &Settings,
+    );
+    /// Drops expired records; returns how many.
+    fn sweep(&self, now: Instant) -> usize;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+enum State {
+    /// Dropped (so waiters wake) when the first request finishes.
+    InFlight(watch::Sender<()>),
+    Done {
+        answer: StoredResponse,
+        expires: Instant,
+    },
+}
+
+struct Record {
+    request_hash: [u8; 32],
+    state: State,
+}
+
+#[derive(Default)]
+pub struct MemoryIdempotency {
+    records: DashMap<Scope, Record>,
+}
+
+impl MemoryIdempotency {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn in_flight() -> (State, watch::Receiver<()>) {
+    let (sender, receiver) = watch::channel(());
+    (State::InFlight(sender), receiver)
+}
+
+impl IdempotencyStore for MemoryIdempotency {
+    fn begin(
+        &self,
+        scope: &Scope,
+        request_hash: [u8; 32],
+        now: Instant,
+        settings: &Settings,
+    ) -> Begin {
+        if !self.records.contains_key(scope) && self.records.len() >= settings.max_keys {
+            return Begin::Full;
+        }
+        match self.records.entry(scope.clone()) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(Record {
+                    request_hash,
+                    state: in_flight().0,
+                });
+                Begin::Proceed
+            }
+            Entry::Occupied(mut occupied) => {
+                let record = occupied.get_mut();
+                if let State::Done { expires, .. } = &record.state
+                    && *expires <= now
+                {
+                    *record = Record {
+                        request_hash,
+                        state: in_flight().0,
+                    };
+                    return Begin::Proceed;
+                }
+                if record.request_hash != request_hash {
+                    return Begin::Mismatch;
+                }
+                match &record.state {
+                    State::Done { answer, .. } => Begin::Replay(answer.clone()),
+                    State::InFlight(sender) => Begin::InFlight(sender.subscribe()),
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        scope: &Scope,
+        answer: Option<StoredResponse>,
+        now: Instant,
+        settings: &Settings,
+    ) {
+        match answer {
+            // Replacing the state drops the sender, which wakes every waiter.
+            Some(answer) => {
+                if let Some(mut record) = self.records.get_mut(scope) {
+                    record.state = State::Done {
+                        answer,
+                        expires: now + settings.ttl,
+                    };
+                }
+            }
+            None => {
+                self.records.remove(scope);
+            }
+        }
+    }
+
+    fn sweep(&self, now: Instant) -> usize {
+        let before = self.records.len();
+        self.records.retain(
+            |_, record| !matches!(record.state, State::Done { expires, .. } if expires <= now),
+        );
+        before.saturating_sub(self.records.len())
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn settings(max_keys: usize) -> Settings {
+        Settings {
+            ttl: Duration::from_secs(60),
+            max_keys,
+            ..Settings::default()
+        }
+    }
+
+    fn scope(key: &str) -> Scope {
+        ("m".to_string(), key.to_string())
+    }
+
+    fn answer() -> StoredResponse {
+        StoredResponse {
+            status: 201,
+            body: Bytes::from_static(b"{}"),
+            channel: Some("a".into()),
+        }
+    }
+
+    #[test]
+    fn first_proceeds_repeat_replays_other_body_mismatches() {
+        let store = MemoryIdempotency::new();
+        let s = settings(10);
+        let now = Instant::now();
+        assert!(matches!(
+            store.begin(&scope("k"), [1; 32], now, &s),
+            Begin::Proceed
+        ));
+        assert!(matches!(
+            store.begin(&scope("k"), [1; 32], now, &s),
+            Begin::InFlight(_)
+        ));
+        assert!(matches!(
+            store.begin(&scope("k"), [2; 32], now, &s),
+            Begin::Mismatch
+        ));
+        store.finish(&scope("k"), Some(answer()), now, &s);
+        assert!(
+            matches!(store.begin(&scope("k"), [1; 32], now, &s), Begin::Replay(a) if a == answer())
+        );
+        // Another merchant's same key is another record.
+        let other = ("n".to_string(), "k".to_string());
+        assert!(matches!(
+            store.begin(&other, [1; 32], now, &s),
+            Begin::Proceed
+        ));
+        // After the TTL the key is new again.
+        let later = now + Duration::from_secs(61);
+        assert!(matches!(
+            store.begin(&scope("k"), [2; 32], later, &s),
+            Begin::Proceed
+        ));
+    }
+
+    #[test]
+    fn a_failed_request_frees_its_key_and_wakes_waiters() {
+        let store = MemoryIdempotency::new();
+        let s = settings(10);
+        let now = Instant::now();
+        assert!(matches!(
+            store.begin(&scope("k"), [1; 32], now, &s),
+            Begin::Proceed
+        ));
+        let Begin::InFlight(mut waiter) = store.begin(&scope("k"), [1; 32], now, &s) else {
+            panic!("expected in flight");
+        };
+        store.finish(&scope("k"), None, now, &s);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(
+            runtime.block_on(waiter.changed()).is_err(),
+            "the sender is gone"
+        );
+        assert!(matches!(
+            store.begin(&scope("k"), [1; 32], now, &s),
+            Begin::Proceed
+        ));
+    }
+
+    #[test]
+    fn full_store_refuses_new_keys_until_swept() {
+        let store = MemoryIdempotency::new();
+        let s = settings(2);
+        let now = Instant::now();
+        for key in ["a", "b"] {
+            assert!(matches!(
+                store.begin(&scope(key), [1; 32], now, &s),
+                Begin::Proceed
+            ));
+            store.finish(&scope(key), Some(answer()), now, &s);
+        }
+        assert!(matches!(
+            store.begin(&scope("c"), [1; 32], now, &s),
+            Begin::Full
+        ));
+        // Known keys still replay when full.
+        assert!(matches!(
+            store.begin(&scope("a"), [1; 32], now, &s),
+            Begin::Replay(_)
+        ));
+        assert_eq!(store.sweep(now + Duration::from_secs(61)), 2);
+        assert!(matches!(
+            store.begin(&scope("c"), [1; 32], now, &s),
+            Begin::Proceed
+        ));
+    }
+}
