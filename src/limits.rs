@@ -110,15 +110,16 @@ impl Limits {
     /// Admits one call to `channel`, or says why it must be skipped.
     pub fn admit_channel(&self, channel: &Channel) -> Result<InFlight, Skip> {
         let gate = self.gate(channel);
-        if let Some(limiter) = &gate.limiter
-            && limiter.check().is_err()
-        {
-            return Err(Skip::RateLimited);
-        }
         let now = gate.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let guard = InFlight { gate };
         if channel.max_in_flight.is_some_and(|max| now > max) {
             return Err(Skip::Busy);
+        }
+        // Checked after the in-flight cap, so a busy channel does not spend its rate tokens.
+        if let Some(limiter) = &guard.gate.limiter
+            && limiter.check().is_err()
+        {
+            return Err(Skip::RateLimited);
         }
         Ok(guard)
     }

@@ -34,13 +34,16 @@ impl Pki {
         }
     }
 
-    /// Writes NAME.pem and NAME.key for a certificate valid for `localhost`.
-    fn issue(&self, name: &str) {
+    /// Writes NAME.pem and NAME.key for a certificate valid for `localhost`; returns the hex
+    /// SHA-256 of the certificate's DER.
+    fn issue(&self, name: &str) -> String {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(cert.der()))
     }
 
     fn path(&self, file: &str) -> String {
@@ -85,7 +88,7 @@ fn port_of(base: &str) -> &str {
 #[tokio::test]
 async fn channels_over_tls_with_a_private_ca() {
     let pki = Pki::new();
-    pki.issue("psp");
+    let _ = pki.issue("psp");
     let sim = Process::mock_psp(&[
         "--name",
         "secure",
@@ -136,8 +139,8 @@ channels = [\"untrusted\"]
 #[tokio::test]
 async fn client_certificates_to_the_psp() {
     let pki = Pki::new();
-    pki.issue("psp");
-    pki.issue("gateway");
+    let _ = pki.issue("psp");
+    let _ = pki.issue("gateway");
     let sim = Process::mock_psp(&[
         "--name",
         "mtls",
@@ -196,7 +199,7 @@ channels = [\"without-cert\"]
 async fn merchants_over_https_with_optional_client_certificates() {
     let pki = Pki::new();
     pki.issue("server");
-    pki.issue("merchant");
+    let merchant_cert = pki.issue("merchant");
     let sim = Process::mock_psp(&["--name", "psp"]).await;
     let routes = base_config().replace(
         "[server]\n",
@@ -206,6 +209,8 @@ async fn merchants_over_https_with_optional_client_certificates() {
             pki.path("server.key"),
             pki.path("ca.pem")
         ),
+    ) + &format!(
+        "\n[[merchants]]\nid = \"certified\"\nclient_cert_sha256 = \"{merchant_cert}\"\n"
     ) + &channel("psp", &sim, "")
         + "\n[[rules]]\nname = \"all\"\nchannels = [\"psp\"]\n";
     let gateway = Process::gateway(&routes).await;
@@ -223,10 +228,23 @@ async fn merchants_over_https_with_optional_client_certificates() {
     let response = with_cert.request(request()).await.expect("paid over mTLS");
     assert_eq!(response.status(), StatusCode::CREATED);
 
+    // The certificate alone identifies a merchant that registered it.
+    let anonymous = http::Request::post(url.as_str())
+        .body(Full::new(Bytes::from(card_payment(100, "EUR").to_string())))
+        .unwrap();
+    let response = with_cert
+        .request(anonymous)
+        .await
+        .expect("paid by certificate");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let paid: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(paid["merchant"], "certified");
+
     let without_cert = https_client::<Full<Bytes>>(&ca, None);
     assert!(
         without_cert.request(request()).await.is_err(),
         "a merchant without a certificate is refused"
     );
-    assert_eq!(sim.stats().await["payments"], 1);
+    assert_eq!(sim.stats().await["payments"], 2);
 }
