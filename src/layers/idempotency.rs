@@ -106,7 +106,7 @@ fn scope_of(request: &Request<Bytes>) -> Result<Option<Scope>, ApiError> {
             "Idempotency-Key must not contain control characters".into(),
         ));
     }
-    Ok(Some((merchant.0.to_string(), key.to_string())))
+    Ok(Some(Scope::new(&merchant.0, key)))
 }
 
 fn request_hash(request: &Request<Bytes>) -> [u8; 32] {

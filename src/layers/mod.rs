@@ -25,7 +25,7 @@ use http_body_util::Full;
 
 pub use auth::{Authenticate, AuthenticatedMerchant, PeerCertificate};
 pub use body::{BodyLayer, read as read_body};
-pub use check::CheckLayer;
+pub use check::{Check, CheckLayer};
 pub use deadline::{Deadline, Deadlines};
 pub use idempotency::IdempotencyLayer;
 pub use limits::SizeLimits;

@@ -7,6 +7,7 @@
 //! are swept in the background. Only successful answers are kept: a request that failed
 //! without charging may be retried with the same key.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -40,8 +41,16 @@ pub enum Begin {
     Full,
 }
 
-/// A record's identity: merchant and key.
-pub type Scope = (String, String);
+/// A record's identity: merchant and key, in one string (the merchant's length first, so no
+/// pair of merchant and key can spell another's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn new(merchant: &str, key: &str) -> Self {
+        Self(format!("{}:{merchant}{key}", merchant.len()))
+    }
+}
 
 pub trait IdempotencyStore: Send + Sync + 'static {
     fn begin(
@@ -84,6 +93,8 @@ struct Record {
 #[derive(Default)]
 pub struct MemoryIdempotency {
     records: DashMap<Scope, Record>,
+    /// Kept beside the map: `DashMap::len` locks every shard, once per request is too many.
+    count: AtomicUsize,
 }
 
 impl MemoryIdempotency {
@@ -105,11 +116,12 @@ impl IdempotencyStore for MemoryIdempotency {
         now: Instant,
         settings: &Settings,
     ) -> Begin {
-        if !self.records.contains_key(scope) && self.records.len() >= settings.max_keys {
-            return Begin::Full;
-        }
         match self.records.entry(scope.clone()) {
+            Entry::Vacant(_) if self.count.load(Ordering::Relaxed) >= settings.max_keys => {
+                Begin::Full
+            }
             Entry::Vacant(vacant) => {
+                self.count.fetch_add(1, Ordering::Relaxed);
                 vacant.insert(Record {
                     request_hash,
                     state: in_flight().0,
@@ -156,21 +168,26 @@ impl IdempotencyStore for MemoryIdempotency {
                 }
             }
             None => {
-                self.records.remove(scope);
+                if self.records.remove(scope).is_some() {
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
     }
 
     fn sweep(&self, now: Instant) -> usize {
-        let before = self.records.len();
-        self.records.retain(
-            |_, record| !matches!(record.state, State::Done { expires, .. } if expires <= now),
-        );
-        before.saturating_sub(self.records.len())
+        let mut swept = 0;
+        self.records.retain(|_, record| {
+            let expired = matches!(record.state, State::Done { expires, .. } if expires <= now);
+            swept += usize::from(expired);
+            !expired
+        });
+        self.count.fetch_sub(swept, Ordering::Relaxed);
+        swept
     }
 
     fn len(&self) -> usize {
-        self.records.len()
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -188,7 +205,7 @@ mod tests {
     }
 
     fn scope(key: &str) -> Scope {
-        ("m".to_string(), key.to_string())
+        Scope::new("m", key)
     }
 
     fn answer() -> StoredResponse {
@@ -221,7 +238,7 @@ mod tests {
             matches!(store.begin(&scope("k"), [1; 32], now, &s), Begin::Replay(a) if a == answer())
         );
         // Another merchant's same key is another record.
-        let other = ("n".to_string(), "k".to_string());
+        let other = Scope::new("n", "k");
         assert!(matches!(
             store.begin(&other, [1; 32], now, &s),
             Begin::Proceed
@@ -282,9 +299,11 @@ mod tests {
             Begin::Replay(_)
         ));
         assert_eq!(store.sweep(now + Duration::from_secs(61)), 2);
-        assert!(matches!(
-            store.begin(&scope("c"), [1; 32], now, &s),
-            Begin::Proceed
-        ));
+        let after = store.begin(&scope("c"), [1; 32], now, &s);
+        assert!(
+            matches!(after, Begin::Proceed),
+            "{after:?} with {} held",
+            store.len()
+        );
     }
 }
