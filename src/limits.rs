@@ -174,6 +174,31 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_channel_keeps_its_rate_tokens() {
+        let limits = Limits::new();
+        let channel = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[[channels]]\nname = \"c\"\nurl = \"http://127.0.0.1:1\"\nmax_in_flight = 1\nrate_limit = { per_second = 1, burst = 2 }\n",
+        )
+        .unwrap()
+        .channels
+        .remove(0);
+        let first = limits.admit_channel(&channel).expect("first call");
+        for _ in 0..5 {
+            assert_eq!(limits.admit_channel(&channel).err(), Some(Skip::Busy));
+        }
+        drop(first);
+        assert!(
+            limits.admit_channel(&channel).is_ok(),
+            "the second token is still there"
+        );
+        assert_eq!(
+            limits.admit_channel(&channel).err(),
+            Some(Skip::RateLimited)
+        );
+    }
+
+    #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);

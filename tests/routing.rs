@@ -54,7 +54,7 @@ async fn a_failing_channel_is_ejected_then_probed_back() {
     let config = routes(
         &(channel("a", &flaky, "") + &channel("b", &steady, "")),
         "[[rules]]\nname = \"all\"\nchannels = [\"a\", \"b\"]\nstrategy = \"priority\"\n",
-        "[routing.ejection]\nconsecutive_faults = 3\nbase_ms = 1000\nprobe_share = 1.0\n",
+        "[routing.ejection]\nconsecutive_faults = 3\nbase_ms = 3000\nprobe_share = 1.0\n",
     );
     let gateway = Process::gateway_with_env(&config, &[("PAYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
 
@@ -81,10 +81,23 @@ async fn a_failing_channel_is_ejected_then_probed_back() {
     assert_eq!(channel_view(&channels, "a")["ejections"], 1);
     assert_eq!(channel_view(&channels, "b")["state"], "healthy");
 
-    // After the PSP recovers and the ejection ends, a probe goes to a, succeeds, and a is
-    // healthy again.
-    let recovered = Duration::from_millis(2_500);
-    tokio::time::sleep(recovered.saturating_sub(started.elapsed())).await;
+    // After the PSP recovers (2 s) and the ejection ends (3 s), a is on probation; the next
+    // payment probes it, succeeds, and a is healthy again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let channels = admin(&gateway, Method::GET, "/admin/channels", "").await;
+        if started.elapsed() > Duration::from_millis(2_200)
+            && channel_view(&channels, "a")["state"] == "probing"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a never reached probation: {:?}",
+            channels.json
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let probe = pay(&gateway, &card_payment(100, "EUR")).await;
     assert_eq!(probe.status, StatusCode::CREATED);
     assert_eq!(probe.json["channel"], "a", "{:?}", probe.json);

@@ -112,6 +112,7 @@ async fn a_noisy_merchant_is_limited_and_the_others_are_not() {
     );
     let gateway = Arc::new(gateway(&sim, &noisy, &[]).await);
     // A burst of 10x the noisy merchant's limit, and the quiet merchant paying meanwhile.
+    let burst_started = Instant::now();
     let burst = {
         let gateway = gateway.clone();
         tokio::spawn(async move {
@@ -154,6 +155,7 @@ async fn a_noisy_merchant_is_limited_and_the_others_are_not() {
         quiet.push((answer.status, started.elapsed()));
     }
     let noisy_statuses = burst.await.unwrap();
+    let burst_secs = burst_started.elapsed().as_secs_f64();
     let accepted = noisy_statuses
         .iter()
         .filter(|s| **s == StatusCode::CREATED)
@@ -164,7 +166,11 @@ async fn a_noisy_merchant_is_limited_and_the_others_are_not() {
         .count();
     assert_eq!(accepted + limited, 200, "only 201 or 429");
     // The bucket holds 20 and refills 20 a second while the burst lasts.
-    assert!((20..=60).contains(&accepted), "{accepted} accepted");
+    let most = 20.0 + 20.0 * burst_secs + 1.0;
+    assert!(
+        accepted >= 20 && accepted as f64 <= most,
+        "{accepted} accepted in {burst_secs:.2} s"
+    );
     assert!(
         quiet.iter().all(|(s, _)| *s == StatusCode::CREATED),
         "{quiet:?}"
@@ -312,7 +318,7 @@ async fn one_key_reaches_the_psp_once_under_concurrency() {
 
 #[tokio::test]
 async fn waiting_for_an_in_flight_key_when_configured() {
-    let sim = Process::mock_psp(&["--name", "psp", "--latency", "fixed:400"]).await;
+    let sim = Process::mock_psp(&["--name", "psp", "--latency", "fixed:1500"]).await;
     let gateway = Arc::new(
         gateway(
             &sim,
@@ -334,7 +340,7 @@ async fn waiting_for_an_in_flight_key_when_configured() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let auth = format!("Bearer {KEY}");
     let second = post(
         &gateway,
@@ -343,11 +349,12 @@ async fn waiting_for_an_in_flight_key_when_configured() {
     )
     .await;
     let first = first.await.unwrap();
-    assert_eq!(first.status, StatusCode::CREATED);
+    let mut statuses = [first.status, second.status];
+    statuses.sort();
     assert_eq!(
-        second.status,
-        StatusCode::OK,
-        "the second waited and got the first's answer"
+        statuses,
+        [StatusCode::OK, StatusCode::CREATED],
+        "one processed, the other waited for its answer"
     );
     assert_eq!(second.json["id"], first.json["id"]);
     // One that cannot wait past its deadline gets 504.
@@ -363,7 +370,7 @@ async fn waiting_for_an_in_flight_key_when_configured() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let impatient = post(
         &gateway,
         &[
@@ -374,7 +381,13 @@ async fn waiting_for_an_in_flight_key_when_configured() {
         &body,
     )
     .await;
-    assert_eq!(impatient.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        impatient.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?} {:?}",
+        impatient.headers,
+        impatient.json
+    );
     assert_eq!(impatient.error_type(), "deadline_exceeded");
     assert_eq!(third.await.unwrap().status, StatusCode::CREATED);
     assert_eq!(sim.stats().await["payments"], 2);
@@ -459,7 +472,7 @@ velocity = [
 
 #[tokio::test]
 async fn overload_is_refused_at_once_and_deadlines_bound_requests() {
-    let slow = Process::mock_psp(&["--name", "slow", "--latency", "fixed:600"]).await;
+    let slow = Process::mock_psp(&["--name", "slow", "--latency", "fixed:2000"]).await;
     let routes = format!(
         "{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"slow\"]\n",
         base_config().replace("[server]\n", "[server]\nmax_in_flight = 2\n"),
@@ -471,7 +484,7 @@ async fn overload_is_refused_at_once_and_deadlines_bound_requests() {
         let gateway = gateway.clone();
         tasks.spawn(async move { pay(&gateway, &card_payment(100 + i, "EUR")).await.status });
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let started = Instant::now();
     let shed = pay(&gateway, &card_payment(300, "EUR")).await;
     let waited = started.elapsed();
@@ -479,7 +492,7 @@ async fn overload_is_refused_at_once_and_deadlines_bound_requests() {
     assert_eq!(shed.error_type(), "overloaded");
     assert_eq!(shed.header("retry-after"), "1");
     assert!(
-        waited < Duration::from_millis(600),
+        waited < Duration::from_millis(1_300),
         "answered without queueing: {waited:?}"
     );
     while let Some(status) = tasks.join_next().await {
@@ -509,16 +522,13 @@ async fn overload_is_refused_at_once_and_deadlines_bound_requests() {
 
 #[tokio::test]
 async fn a_channel_at_its_limits_is_skipped_not_failed() {
-    let capped = Process::mock_psp(&["--name", "capped", "--latency", "fixed:100"]).await;
+    // In-flight cap: one call at a time on `capped`, slow enough that three payments overlap.
+    let capped = Process::mock_psp(&["--name", "capped", "--latency", "fixed:1000"]).await;
     let spare = Process::mock_psp(&["--name", "spare"]).await;
     let routes = format!(
         "{}{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"capped\", \"spare\"]\nstrategy = \"priority\"\n",
         base_config(),
-        channel(
-            "capped",
-            &capped,
-            "max_in_flight = 1\nrate_limit = { per_second = 1, burst = 2 }"
-        ),
+        channel("capped", &capped, "max_in_flight = 1"),
         channel("spare", &spare, "")
     );
     let gateway = Arc::new(Process::gateway(&routes).await);
@@ -544,12 +554,25 @@ async fn a_channel_at_its_limits_is_skipped_not_failed() {
         vec!["capped", "spare", "spare"],
         "one call in flight on capped at a time"
     );
-    // Busy skips spent no rate tokens: its limit (1/s, burst 2, one used) lets one more
-    // through, then skips until a second has passed.
-    let statuses = [
-        pay(&gateway, &card_payment(1, "EUR")).await.json["channel"].clone(),
-        pay(&gateway, &card_payment(2, "EUR")).await.json["channel"].clone(),
-    ];
-    assert_eq!(statuses, [json!("capped"), json!("spare")]);
-    assert_eq!(capped.stats().await["payments"], 2);
+    assert_eq!(capped.stats().await["payments"], 1);
+
+    // Contracted rate: burst 2 at 1/s, then the next payment goes to the spare channel.
+    let metered = Process::mock_psp(&["--name", "metered"]).await;
+    let routes = format!(
+        "{}{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"metered\", \"spare\"]\nstrategy = \"priority\"\n",
+        base_config(),
+        channel(
+            "metered",
+            &metered,
+            "rate_limit = { per_second = 1, burst = 2 }"
+        ),
+        channel("spare", &spare, "")
+    );
+    let gateway = Process::gateway(&routes).await;
+    let mut picked = Vec::new();
+    for i in 0..3u64 {
+        picked.push(pay(&gateway, &card_payment(200 + i, "EUR")).await.json["channel"].clone());
+    }
+    assert_eq!(picked, [json!("metered"), json!("metered"), json!("spare")]);
+    assert_eq!(metered.stats().await["payments"], 2);
 }
