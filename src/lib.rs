@@ -9,10 +9,12 @@
 //! the demo config, the tests and the benchmarks.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod gateway;
 pub mod layers;
 pub mod limits;
+pub mod metrics;
 pub mod risk;
 pub mod routing;
 pub mod server;

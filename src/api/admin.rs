@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::payments::NewPayment;
 use super::{ApiError, json_response};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Reloaded};
 use crate::layers::HttpResponse;
 use crate::layers::read_body;
 use crate::routing::{self, Candidate, PaymentFacts};
@@ -69,10 +69,19 @@ where
         return ApiError::Unauthenticated.into_response("");
     }
     let path = request.uri().path().to_string();
-    let result = match (request.method().clone(), path.as_str()) {
-        (Method::GET, "/admin/channels") => Ok(channels(gateway)),
-        (Method::GET, "/admin/config") => Ok(config(gateway)),
-        (Method::POST, "/admin/explain") => {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let result = match (request.method().clone(), segments.as_slice()) {
+        (Method::GET, ["admin", "channels"]) => Ok(channels(gateway)),
+        (Method::POST, ["admin", "channels", name, action @ ("drain" | "enable")]) => {
+            switch(gateway, name, *action == "drain")
+        }
+        (Method::GET, ["admin", "config"]) => Ok(config(gateway)),
+        (Method::GET, ["admin", "audit"]) => Ok(json_response(
+            StatusCode::OK,
+            &json!({ "entries": gateway.audit.entries() }),
+        )),
+        (Method::POST, ["admin", "reload"]) => reload(gateway).await,
+        (Method::POST, ["admin", "explain"]) => {
             let deadline = Instant::now() + ADMIN_BODY_TIMEOUT;
             match read_body(request.into_body(), MAX_ADMIN_BODY, Some(deadline)).await {
                 Ok(body) => explain(gateway, &body),
@@ -110,7 +119,11 @@ fn channels(gateway: &Gateway) -> HttpResponse {
             let window = score.overall(now);
             ChannelView {
                 name: &channel.name,
-                state: score.health.state(now).as_str(),
+                state: if score.is_drained() {
+                    "drained"
+                } else {
+                    score.health.state(now).as_str()
+                },
                 success_rate: window.smoothed_rate(),
                 window,
                 latency_ms: score.latency_ms(),
@@ -121,6 +134,42 @@ fn channels(gateway: &Gateway) -> HttpResponse {
         })
         .collect();
     json_response(StatusCode::OK, &json!({ "channels": views }))
+}
+
+/// Drain or enable a channel: from the next request on.
+fn switch(gateway: &Gateway, name: &str, drain: bool) -> Result<HttpResponse, ApiError> {
+    gateway
+        .set_drained(name, drain)
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let state = if drain { "drained" } else { "enabled" };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "channel": name, "state": state }),
+    ))
+}
+
+/// Reloads the routes file; a bad file is refused with `paygate check`'s messages (422) and
+/// the old config keeps serving.
+async fn reload(gateway: &Gateway) -> Result<HttpResponse, ApiError> {
+    let outcome = tokio::task::block_in_place(|| gateway.reload("admin"));
+    Ok(match outcome {
+        Ok(Reloaded::Unchanged) => json_response(
+            StatusCode::OK,
+            &json!({ "result": "unchanged", "version": gateway.snapshot().config.version }),
+        ),
+        Ok(Reloaded::Applied { version, changes }) => json_response(
+            StatusCode::OK,
+            &json!({ "result": "ok", "version": version, "changes": changes }),
+        ),
+        Err(error) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "result": "rejected",
+                "version": gateway.snapshot().config.version,
+                "problems": error.to_string().lines().collect::<Vec<_>>(),
+            }),
+        ),
+    })
 }
 
 fn config(gateway: &Gateway) -> HttpResponse {

@@ -43,6 +43,8 @@ pub struct Scope {
     pub merchant: Arc<str>,
     /// When the whole request must be answered, failovers included.
     pub deadline: Instant,
+    /// When the handler got the request.
+    pub received: Instant,
     pub traceparent: Option<http::HeaderValue>,
 }
 
@@ -90,6 +92,7 @@ async fn handle(
             .map(|m| m.0.clone())
             .ok_or(ApiError::Unauthenticated)?,
         deadline,
+        received: Instant::now(),
         traceparent: request.headers().get("traceparent").cloned(),
         gateway,
     };

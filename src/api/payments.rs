@@ -15,6 +15,8 @@ use serde_json::{Map, Value};
 use super::{ApiError, Scope, respond};
 use crate::config::iso;
 use crate::layers::HttpResponse;
+use crate::limits::Skip;
+use crate::metrics::LimitScope;
 use crate::routing::{self, Observation, PaymentFacts, Verdict};
 use crate::store::{Attempt, MaskedCard, Outcome, Payment, PaymentStatus, now_ms};
 use crate::upstream::{Call, CallContext};
@@ -68,7 +70,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
 
     let mut finished = None;
     let mut last_decline = None;
-    let mut attempted = false;
+    let mut attempted: Option<usize> = None;
     let mut skipped = false;
     for &channel_id in &decision.order {
         if Instant::now() >= scope.deadline {
@@ -85,11 +87,14 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             Ok(guard) => guard,
             Err(reason) => {
                 tracing::debug!(request_id = %scope.request_id, channel = %channel.name, ?reason, "channel skipped");
+                if reason == Skip::RateLimited {
+                    scope.gateway.metrics.rate_limited(LimitScope::Channel);
+                }
                 skipped = true;
                 continue;
             }
         };
-        if attempted
+        if attempted.is_some()
             && !router
                 .budget
                 .try_retry(router.now_ms(), &config.routing.retry_budget)
@@ -97,7 +102,10 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             tracing::warn!(request_id = %scope.request_id, payment = %id, "retry budget exhausted: no further failover");
             break;
         }
-        attempted = true;
+        if let Some(previous) = attempted {
+            snapshot.metrics.failover(previous, channel_id);
+        }
+        attempted = Some(channel_id);
         let context = CallContext {
             paygate_id: &id,
             idempotency_key: &id,
@@ -111,6 +119,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
                 scope.deadline,
             )
             .await;
+        snapshot.metrics.channels[channel_id].attempt(exchange.outcome, exchange.latency);
         if let Some(observation) = Observation::from_outcome(exchange.outcome) {
             let answered = observation != Observation::Fault;
             let ejected = snapshot.scores[channel_id].observe(
@@ -121,6 +130,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
                 &config.routing.ejection,
             );
             if let Some(cause) = ejected {
+                scope.gateway.metrics.ejected(&channel.name);
                 tracing::warn!(channel = %channel.name, ?cause, "channel ejected");
             }
         }
@@ -163,17 +173,51 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             break;
         }
     }
-    if !attempted && skipped {
+    let answer = if attempted.is_none() && skipped {
         scope
             .gateway
             .store
             .update(&id, &mut |p| p.status = PaymentStatus::Failed);
-        return Err(ApiError::Overloaded(
+        Err(ApiError::Overloaded(
             "every eligible channel is at its rate or in-flight limit; the payment was not sent"
                 .into(),
-        ));
-    }
-    conclude(scope, &id, finished, last_decline)
+        ))
+    } else {
+        conclude(scope, &id, finished, last_decline)
+    };
+    record_payment(scope, &snapshot, &id);
+    answer
+}
+
+/// The one log line per payment, and `paygate_payments_total` for its final state.
+fn record_payment(scope: &Scope, snapshot: &crate::gateway::Snapshot, id: &str) {
+    let Some(payment) = scope.gateway.store.get(id) else {
+        return;
+    };
+    tracing::info!(
+        request_id = %scope.request_id,
+        payment = %payment.id,
+        merchant = %payment.merchant,
+        channel = payment.channel.as_deref().unwrap_or("none"),
+        status = ?payment.status,
+        attempts = payment.attempts.len(),
+        latency_ms = scope.received.elapsed().as_millis() as u64,
+        "payment"
+    );
+    let config = &snapshot.config;
+    let Some(merchant) = config
+        .merchants
+        .iter()
+        .position(|m| m.id == payment.merchant)
+    else {
+        return;
+    };
+    let channel = payment
+        .channel
+        .as_deref()
+        .and_then(|name| config.channel_by_name(name))
+        .map(|c| c.id);
+    snapshot.metrics.payment(merchant, channel, payment.status);
 }
 
 /// The risk rules, global then the merchant's; 422 `risk_rejected` naming the rule.
@@ -201,6 +245,7 @@ fn assess_risk(
         .risk
         .assess([&config.risk, &merchant.risk], &facts)
         .map_err(|rejection| {
+            scope.gateway.metrics.risk_rejected(&rejection.0);
             tracing::info!(request_id = %scope.request_id, merchant = %scope.merchant, rule = %rejection.0, "risk rejected");
             ApiError::RiskRejected { rule: rejection.0 }
         })
@@ -239,7 +284,6 @@ fn conclude(
     let payment = store
         .get(id)
         .ok_or_else(|| ApiError::NotFound(format!("payment {id} vanished from the store")))?;
-    tracing::info!(request_id = %scope.request_id, payment = %payment.id, merchant = %payment.merchant, channel = payment.channel.as_deref().unwrap_or("-"), status = ?payment.status, attempts = payment.attempts.len(), "payment");
     let status = match payment.status {
         PaymentStatus::Pending => StatusCode::ACCEPTED,
         _ => StatusCode::CREATED,

@@ -183,6 +183,8 @@ pub struct Server {
     pub max_in_flight: usize,
     /// All merchants together.
     pub rate_limit: Option<RateLimit>,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub drain_period: Duration,
     pub tls: Option<ServerTls>,
 }
 

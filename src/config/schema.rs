@@ -77,6 +77,7 @@ pub struct RawServer {
     pub max_headers: Option<Spanned<u64>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub drain_period_ms: Option<Spanned<u64>>,
     pub tls: Option<Spanned<RawServerTls>>,
 }
 

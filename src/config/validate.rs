@@ -34,6 +34,8 @@ const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:0";
 /// Requests in flight at once; Envoy's circuit breakers default to 1024 per cluster, a
 /// gateway in front of several PSPs holds more.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 10_000;
+/// Long enough for a payment at the default request timeout (15 s) to finish.
+const DEFAULT_DRAIN_PERIOD_MS: u64 = 20_000;
 /// Longest BIN prefix a rule may block (BINs are 6 to 8 digits).
 const MAX_BIN_LEN: usize = 8;
 
@@ -203,6 +205,11 @@ impl<'a> Checker<'a> {
             "max_in_flight",
         );
         let rate_limit = self.rate_limit(raw.rate_limit.as_ref());
+        let drain_period_ms = self.positive(
+            raw.drain_period_ms.as_ref(),
+            DEFAULT_DRAIN_PERIOD_MS,
+            "drain_period_ms",
+        );
         let tls = raw.tls.as_ref().map(|tls| self.server_tls(tls.get_ref()));
         Server {
             listen,
@@ -213,6 +220,7 @@ impl<'a> Checker<'a> {
             max_headers: usize::try_from(max_headers).unwrap_or(usize::MAX),
             max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
             rate_limit,
+            drain_period: Duration::from_millis(drain_period_ms),
             tls,
         }
     }

@@ -134,7 +134,10 @@ async fn admit(
             .begin(scope, hash, Instant::now(), &settings)
         {
             Begin::Proceed => return Ok(None),
-            Begin::Replay(stored) => return Ok(Some(replay(stored))),
+            Begin::Replay(stored) => {
+                gateway.metrics.idempotent_replays.inc();
+                return Ok(Some(replay(stored)));
+            }
             Begin::Mismatch => {
                 return Err(ApiError::IdempotencyConflict(
                     "this Idempotency-Key was used with a different request".into(),

@@ -1,5 +1,5 @@
 //! Tower layers of the merchant request path, one concern each. `server` stacks them in the
-//! order of the concerns: request id, deadline, size limits, load shedding, body, then
+//! order of the concerns: request id, metrics, deadline, size limits, load shedding, body, then
 //! authentication, rate limits and idempotency, then the API.
 //!
 //! A layer either passes the request on (adding what it learnt to the request's extensions)
@@ -11,6 +11,7 @@ mod check;
 mod deadline;
 mod idempotency;
 mod limits;
+mod metrics;
 mod rate_limit;
 mod request_id;
 mod shed;
@@ -29,6 +30,7 @@ pub use check::{Check, CheckLayer};
 pub use deadline::{Deadline, Deadlines};
 pub use idempotency::IdempotencyLayer;
 pub use limits::SizeLimits;
+pub use metrics::MetricsLayer;
 pub use rate_limit::RateLimit;
 pub use request_id::{RequestId, RequestIdLayer};
 pub use shed::ShedLayer;

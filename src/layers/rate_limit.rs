@@ -12,6 +12,7 @@ use super::check::Check;
 use crate::api::ApiError;
 use crate::gateway::Gateway;
 use crate::limits::retry_after_secs;
+use crate::metrics::LimitScope;
 
 #[derive(Clone)]
 pub struct RateLimit(pub Arc<Gateway>);
@@ -27,14 +28,21 @@ impl<B> Check<B> for RateLimit {
             scope,
             retry_after_secs: retry_after_secs(wait),
         };
+        let metrics = &self.0.metrics;
         self.0
             .limits
             .check_global(config.server.rate_limit)
-            .map_err(|wait| limited("gateway", wait))?;
+            .map_err(|wait| {
+                metrics.rate_limited(LimitScope::Global);
+                limited("gateway", wait)
+            })?;
         let quota = config.merchant(&merchant.0).and_then(|m| m.rate_limit);
         self.0
             .limits
             .check_merchant(&merchant.0, quota)
-            .map_err(|wait| limited("merchant", wait))
+            .map_err(|wait| {
+                metrics.rate_limited(LimitScope::Merchant);
+                limited("merchant", wait)
+            })
     }
 }

@@ -67,6 +67,8 @@ pub enum Standing {
     NotProbed,
     /// Ejected, but kept because no channel was left (panic rule).
     KeptInPanic,
+    /// Switched off by an operator: never used, not even in panic.
+    Drained,
 }
 
 /// One channel of the matched rule, with the figures the decision used.
@@ -226,6 +228,8 @@ pub fn decide(
         let (counts, from_segment) = score.success(now_ms, segment, settings.min_segment_samples);
         let standing = if !channel.accepts(payment) {
             Standing::Ineligible
+        } else if score.is_drained() {
+            Standing::Drained
         } else {
             match state {
                 State::Healthy => Standing::Eligible,
@@ -299,7 +303,7 @@ fn least_bad(candidates: &[Candidate]) -> Option<usize> {
     candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.standing != Standing::Ineligible)
+        .filter(|(_, c)| matches!(c.standing, Standing::Ejected | Standing::NotProbed))
         .max_by(|(_, a), (_, b)| {
             a.counts
                 .availability()

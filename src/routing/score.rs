@@ -8,7 +8,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -108,6 +108,8 @@ pub struct ChannelScore {
     latency_peak_ms: AtomicU64,
     latency_at_ms: AtomicU64,
     pub health: Health,
+    /// Set by an operator: no new payments until enabled again.
+    drained: AtomicBool,
 }
 
 impl ChannelScore {
@@ -192,6 +194,14 @@ impl ChannelScore {
         };
         fold(&self.latency_mean_ms, false);
         fold(&self.latency_peak_ms, true);
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Acquire)
+    }
+
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Release);
     }
 
     /// The mean latency in milliseconds (what routing penalises).

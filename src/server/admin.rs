@@ -1,6 +1,6 @@
 //! The admin listener's endpoints: `/healthz` (the process answers), `/readyz` (it takes
-//! traffic; 503 from the moment shutdown starts), and the token-protected `/admin/` API,
-//! whose handlers live in `api::admin`.
+//! traffic; 503 from the moment shutdown starts), `/metrics` (Prometheus, no auth), and the
+//! token-protected `/admin/` API, whose handlers live in `api::admin`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,6 +38,20 @@ impl Admin {
     fn answer(&self, path: &str) -> HttpResponse {
         match path {
             "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/metrics" => {
+                self.gateway
+                    .metrics
+                    .idempotency_keys
+                    .set(self.gateway.idempotency.len() as i64);
+                let mut response = http::Response::new(http_body_util::Full::new(Bytes::from(
+                    self.gateway.metrics.encode(),
+                )));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
             "/readyz" if self.ready.load(Ordering::SeqCst) => {
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             }

@@ -22,15 +22,15 @@ use tower::ServiceBuilder;
 use crate::api::Api;
 use crate::api::admin::AdminToken;
 use crate::config::{Config, ConfigError};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Reloaded};
 use crate::layers::{
-    Authenticate, BodyLayer, CheckLayer, Deadlines, IdempotencyLayer, RateLimit, RequestIdLayer,
-    ShedLayer, SizeLimits,
+    Authenticate, BodyLayer, CheckLayer, Deadlines, IdempotencyLayer, MetricsLayer, RateLimit,
+    RequestIdLayer, ShedLayer, SizeLimits,
 };
 use crate::store::MemoryStore;
 
-/// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN_PERIOD: Duration = Duration::from_secs(15);
+/// Quiet time after the last change to the routes file before it is reloaded.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 /// How often success-rate ejection runs (Envoy's interval is 10 s; payments move faster).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Sweeps between clean-ups of expired idempotency records and idle velocity windows.
@@ -88,6 +88,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     // The order of the layers is the order of the concerns.
     let service = ServiceBuilder::new()
         .layer(RequestIdLayer)
+        .layer(MetricsLayer(gateway.clone()))
         .layer(CheckLayer(Deadlines(gateway.clone())))
         .layer(CheckLayer(SizeLimits {
             max_headers: server.max_headers,
@@ -107,29 +108,110 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         tls,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The admin listener stays up through the drain, so /readyz can say 503 and /metrics
+    // can be scraped while in-flight payments finish.
+    let (_admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
     let admin_task = tokio::spawn(connections::accept(
         admin,
         connections::Settings::plain(server.header_read_timeout),
         admin::Admin::new(ready.clone(), gateway.clone(), AdminToken::from_env()),
-        stopped.clone(),
-        DRAIN_PERIOD,
+        admin_stopped,
+        server.drain_period,
     ));
     let merchant_task = tokio::spawn(connections::accept(
         merchant,
         settings,
         service,
         stopped,
-        DRAIN_PERIOD,
+        server.drain_period,
     ));
-    let sweeper = tokio::spawn(maintain(gateway.clone()));
+    let background = [
+        tokio::spawn(maintain(gateway.clone())),
+        tokio::spawn(reload_on_hangup(gateway.clone())),
+        tokio::spawn(reload_on_change(gateway.clone())),
+    ];
     shutdown_signal().await;
-    sweeper.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     ready.store(false, Ordering::SeqCst);
     let _ = stop.send(true);
     let _ = merchant_task.await;
+    for task in background {
+        task.abort();
+    }
     admin_task.abort();
+    tracing::info!("drained; bye");
     Ok(())
+}
+
+/// Reloads in the blocking pool (it reads files and builds TLS clients) and logs the outcome.
+async fn reload(gateway: &Arc<Gateway>, trigger: &'static str) {
+    let gateway = gateway.clone();
+    let outcome = tokio::task::spawn_blocking(move || gateway.reload(trigger)).await;
+    match outcome {
+        Ok(Ok(Reloaded::Applied { version, changes })) => {
+            tracing::info!(trigger, %version, ?changes, "config reloaded");
+        }
+        Ok(Ok(Reloaded::Unchanged)) => tracing::debug!(trigger, "config unchanged"),
+        // The rejection itself is logged, counted and audited by the gateway.
+        Ok(Err(_)) => {}
+        Err(e) => tracing::error!(error = %e, "reload task failed"),
+    }
+}
+
+/// SIGHUP reloads the routes file.
+async fn reload_on_hangup(gateway: Arc<Gateway>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            reload(&gateway, "sighup").await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = gateway;
+}
+
+/// A change to the routes file reloads it, once the writes have been quiet for a moment
+/// (editors write a file in several steps).
+async fn reload_on_change(gateway: Arc<Gateway>) {
+    use notify::Watcher;
+    let file = gateway.snapshot().config.file.clone();
+    let file = std::fs::canonicalize(&file).unwrap_or(file);
+    let Some(folder) = file.parent().map(Path::to_path_buf) else {
+        return;
+    };
+    let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let target = file.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| p == &target)
+        {
+            let _ = changed.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload");
+            return;
+        }
+    };
+    // The folder, not the file: editors and config management replace the file by renaming.
+    if let Err(error) = watcher.watch(&folder, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(%error, "cannot watch {}", folder.display());
+        return;
+    }
+    while changes.recv().await.is_some() {
+        while tokio::time::timeout(RELOAD_DEBOUNCE, changes.recv())
+            .await
+            .is_ok_and(|m| m.is_some())
+        {}
+        reload(&gateway, "file").await;
+    }
 }
 
 /// Background upkeep: success-rate ejection once a second; expired idempotency records and
@@ -141,8 +223,10 @@ async fn maintain(gateway: Arc<Gateway>) {
         let snapshot = gateway.snapshot();
         let config = &snapshot.config;
         for (channel, cause) in gateway.router.sweep(config, &snapshot.scores) {
+            gateway.metrics.ejected(&config.channels[channel].name);
             tracing::warn!(channel = %config.channels[channel].name, ?cause, "channel ejected");
         }
+        publish_channel_gauges(&gateway, &snapshot);
         if round % CLEANUP_EVERY != 0 {
             continue;
         }
@@ -161,6 +245,26 @@ async fn maintain(gateway: Arc<Gateway>) {
             idle,
             "swept idempotency records and velocity windows"
         );
+    }
+}
+
+/// The live figures of each channel as gauges: success rate, expected score, state.
+fn publish_channel_gauges(gateway: &Gateway, snapshot: &crate::gateway::Snapshot) {
+    let now = gateway.router.now_ms();
+    let routing = &snapshot.config.routing;
+    for (score, metrics) in snapshot.scores.iter().zip(&snapshot.metrics.channels) {
+        let rate = score.overall(now).smoothed_rate();
+        metrics.success_rate.set(rate);
+        let latency_s = score.latency_ms().min(2_000.0) / 1000.0;
+        metrics
+            .score
+            .set(rate - routing.latency_penalty_per_second * latency_s);
+        let state = if score.is_drained() {
+            "drained"
+        } else {
+            score.health.state(now).as_str()
+        };
+        metrics.set_state(state);
     }
 }
 
