@@ -17,6 +17,7 @@
 #   PROMTOOL_SKIP_LIVE=1         stop after steps 1-3 (no binary needed)
 #   PROMTOOL_LINT=warn           report `promtool check metrics` lint problems (exit 3)
 #                                without failing; parse errors (exit 1) still fail
+#   PROMTOOL_KEEP=FILE           also copy the scraped exposition to FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -331,7 +332,7 @@ pay() { # CARD AMOUNT [IDEMPOTENCY_KEY]
     curl -s -o "$WORK/last.json" -w '%{http_code}' --max-time 20 \
         -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "${extra[@]}" \
         -d "{\"amount\": $2, \"currency\": \"EUR\", \"method\": \"card\", \"country\": \"DE\",
-             \"reference\": \"ci-$RANDOM\", \"capture\": true,
+             \"reference\": \"ci-${3:-$RANDOM}\", \"capture\": true,
              \"card\": {\"number\": \"$1\", \"exp_month\": 12, \"exp_year\": 2030, \"cvc\": \"123\"}}" \
         "$MERCHANT/v1/payments" || echo "000"
 }
@@ -355,8 +356,9 @@ fi
 say "GET $ADMIN/metrics"
 status="$(curl -s -o "$WORK/metrics.prom" -w '%{http_code}' --max-time 10 "$ADMIN/metrics" || echo 000)"
 if [[ "$status" != 200 ]]; then
-    fail "GET $ADMIN/metrics answered HTTP $status (body: $(head -c 200 "$WORK/metrics.prom" 2>/dev/null))"
+    fail "GET $ADMIN/metrics answered HTTP $status (body: $(head -c 200 "$WORK/metrics.prom" 2>/dev/null | tr -s '\n\t ' ' '))"
 fi
+[[ -n "${PROMTOOL_KEEP:-}" ]] && cp "$WORK/metrics.prom" "$PROMTOOL_KEEP"
 say "$(grep -vc '^#' "$WORK/metrics.prom") samples, $(grep -c '^# TYPE' "$WORK/metrics.prom") metrics"
 
 say "promtool check metrics"
@@ -377,7 +379,7 @@ for name in \
     paygate_failovers_total paygate_rate_limited_total paygate_idempotent_replays_total \
     paygate_inflight_requests paygate_config_reloads_total paygate_config_info \
     process_cpu_seconds_total process_resident_memory_bytes; do
-    grep -q "^$name[{ ]" "$WORK/metrics.prom" || missing+=("$name")
+    grep -q "^${name}[{ ]" "$WORK/metrics.prom" || missing+=("$name")
 done
 [[ ${#missing[@]} -eq 0 ]] || fail "missing from /metrics: ${missing[*]}"
 # Label values the dashboard and the alerts select on.
@@ -401,7 +403,7 @@ for series in \
 done
 [[ ${#missing[@]} -eq 0 ]] || fail "series missing from /metrics: ${missing[*]}"
 for name in paygate_risk_rejections_total paygate_channel_ejections_total paygate_idempotency_keys; do
-    grep -q "^$name[{ ]" "$WORK/metrics.prom" ||
+    grep -q "^${name}[{ ]" "$WORK/metrics.prom" ||
         printf 'promtool.sh: warning: %s not exposed (yet)\n' "$name" >&2
 done
 

@@ -185,6 +185,8 @@ pub struct Server {
     pub rate_limit: Option<RateLimit>,
     /// How long in-flight requests get to finish after SIGTERM.
     pub drain_period: Duration,
+    /// Reload when the routes file changes (else only on SIGHUP or `POST /admin/reload`).
+    pub watch_routes: bool,
     pub tls: Option<ServerTls>,
 }
 

@@ -78,6 +78,7 @@ pub struct RawServer {
     pub max_in_flight: Option<Spanned<u64>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub drain_period_ms: Option<Spanned<u64>>,
+    pub watch_routes: Option<bool>,
     pub tls: Option<Spanned<RawServerTls>>,
 }
 

@@ -221,6 +221,7 @@ impl<'a> Checker<'a> {
             max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
             rate_limit,
             drain_period: Duration::from_millis(drain_period_ms),
+            watch_routes: raw.watch_routes.unwrap_or(true),
             tls,
         }
     }

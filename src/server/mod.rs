@@ -77,6 +77,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     )?);
     let merchant = bind(server.listen).await?;
     let admin = bind(server.admin_listen).await?;
+    let watching = watch_routes(&gateway);
     let merchant_addr = local_addr(&merchant, server.listen);
     let admin_addr = local_addr(&admin, server.admin_listen);
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -125,11 +126,11 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         stopped,
         server.drain_period,
     ));
-    let background = [
+    let mut background = vec![
         tokio::spawn(maintain(gateway.clone())),
         tokio::spawn(reload_on_hangup(gateway.clone())),
-        tokio::spawn(reload_on_change(gateway.clone())),
     ];
+    background.extend(watching.map(tokio::spawn));
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     ready.store(false, Ordering::SeqCst);
@@ -176,42 +177,43 @@ async fn reload_on_hangup(gateway: Arc<Gateway>) {
 }
 
 /// A change to the routes file reloads it, once the writes have been quiet for a moment
-/// (editors write a file in several steps).
-async fn reload_on_change(gateway: Arc<Gateway>) {
+/// (editors write a file in several steps). The watch starts before paygate says it is
+/// listening, so no change made after that is missed.
+fn watch_routes(gateway: &Arc<Gateway>) -> Option<impl Future<Output = ()> + Send + 'static> {
     use notify::Watcher;
-    let file = gateway.snapshot().config.file.clone();
-    let file = std::fs::canonicalize(&file).unwrap_or(file);
-    let Some(folder) = file.parent().map(Path::to_path_buf) else {
-        return;
-    };
+    let config = &gateway.snapshot().config;
+    if !config.server.watch_routes {
+        return None;
+    }
+    let file = std::fs::canonicalize(&config.file).unwrap_or_else(|_| config.file.clone());
+    let folder = file.parent()?.to_path_buf();
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let target = file.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && event.paths.iter().any(|p| p == &target)
+            && event.paths.iter().any(|p| p == &file)
         {
             let _ = changed.send(());
         }
     });
-    let mut watcher = match watcher {
-        Ok(watcher) => watcher,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload");
-            return;
-        }
-    };
+    let mut watcher = watcher
+        .inspect_err(|error| tracing::warn!(%error, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload"))
+        .ok()?;
     // The folder, not the file: editors and config management replace the file by renaming.
     if let Err(error) = watcher.watch(&folder, notify::RecursiveMode::NonRecursive) {
         tracing::warn!(%error, "cannot watch {}", folder.display());
-        return;
+        return None;
     }
-    while changes.recv().await.is_some() {
-        while tokio::time::timeout(RELOAD_DEBOUNCE, changes.recv())
-            .await
-            .is_ok_and(|m| m.is_some())
-        {}
-        reload(&gateway, "file").await;
-    }
+    let gateway = gateway.clone();
+    Some(async move {
+        let _watcher = watcher;
+        while changes.recv().await.is_some() {
+            while tokio::time::timeout(RELOAD_DEBOUNCE, changes.recv())
+                .await
+                .is_ok_and(|m| m.is_some())
+            {}
+            reload(&gateway, "file").await;
+        }
+    })
 }
 
 /// Background upkeep: success-rate ejection once a second; expired idempotency records and

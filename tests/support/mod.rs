@@ -77,6 +77,8 @@ pub struct Process {
     pub admin: String,
     /// Where the process's stderr (its logs) goes.
     pub log: PathBuf,
+    /// The routes file a gateway was started on.
+    pub routes: PathBuf,
 }
 
 impl Process {
@@ -103,7 +105,14 @@ impl Process {
             .filter(|w| w.contains("://"))
             .map(|w| w.trim_end_matches(')'))
             .collect();
+        let routes = args
+            .iter()
+            .position(|a| *a == "--config")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_default();
         Process {
+            routes,
             child,
             base: urls
                 .first()
@@ -142,6 +151,25 @@ impl Process {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, ...) with the system's `kill`.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running process").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits (bounded) for the process to exit; its exit code.
+    pub async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        status.code()
     }
 
     /// The simulator's `/_sim/stats`.
