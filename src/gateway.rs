@@ -138,6 +138,7 @@ impl Gateway {
                 self.snapshot.store(Arc::new(snapshot));
                 self.metrics.reload(true);
                 self.metrics.config_version(&version);
+                self.store.event("reload", None, &changes.join("; "));
                 self.audit.record(Entry {
                     at_unix_ms: now_ms(),
                     action: "reload",
@@ -174,6 +175,11 @@ impl Gateway {
             .map(|c| c.id)
             .ok_or_else(|| UnknownChannel(channel.to_string()))?;
         snapshot.scores[id].set_drained(drained);
+        self.store.event(
+            if drained { "drain" } else { "enable" },
+            Some(channel),
+            "admin",
+        );
         self.audit.record(Entry {
             at_unix_ms: now_ms(),
             action: if drained { "drain" } else { "enable" },

@@ -166,7 +166,8 @@ async fn a_noisy_merchant_is_limited_and_the_others_are_not() {
         .count();
     assert_eq!(accepted + limited, 200, "only 201 or 429");
     // The bucket holds 20 and refills 20 a second while the burst lasts.
-    let most = 20.0 + 20.0 * burst_secs + 1.0;
+    // A few of slack for the bucket refilling while requests are on their way.
+    let most = 20.0 + 20.0 * burst_secs + 5.0;
     assert!(
         accepted >= 20 && accepted as f64 <= most,
         "{accepted} accepted in {burst_secs:.2} s"

@@ -102,6 +102,12 @@ pub async fn follow_up(
         decline_code: exchange.as_ref().and_then(|e| e.decline_code.clone()),
     };
     store.update(id, &mut |payment| settle(payment, &record));
+    if let Err(e) = store.durable(id).await {
+        return Err(ApiError::Overloaded(format!(
+            "{e}: the {:?} of payment {id} could not be recorded; GET /v1/payments/{id} tells its status",
+            kind
+        )));
+    }
     if status == PaymentStatus::Failed {
         return Err(ApiError::AllChannelsFailed {
             payment_id: id.to_string(),

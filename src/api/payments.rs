@@ -63,10 +63,13 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
     let segment = routing::segment_key(&new.method, &new.currency);
     let id = format!("pay_{}", ulid::Ulid::generate());
     let capture = new.capture;
+    // Recorded before any channel is called, so that a payment a PSP may have charged is
+    // never unknown to paygate.
     scope
         .gateway
         .store
-        .insert(new.into_payment(&id, &scope.merchant));
+        .insert(new.into_payment(&id, &scope.merchant))
+        .map_err(|e| ApiError::Overloaded(format!("{e}; the payment was not sent")))?;
 
     let mut finished = None;
     let mut last_decline = None;
@@ -131,6 +134,10 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             );
             if let Some(cause) = ejected {
                 scope.gateway.metrics.ejected(&channel.name);
+                scope
+                    .gateway
+                    .store
+                    .event("ejection", Some(&channel.name), "consecutive faults");
                 tracing::warn!(channel = %channel.name, ?cause, "channel ejected");
             }
         }
@@ -143,6 +150,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             latency_ms: exchange.latency.as_millis() as u64,
             psp_reference: exchange.psp_reference.clone(),
             decline_code: exchange.decline_code.clone(),
+            at_ms: now_ms(),
         };
         let retryable_decline = exchange.outcome == Outcome::Declined
             && exchange
@@ -186,6 +194,12 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
         conclude(scope, &id, finished, last_decline)
     };
     record_payment(scope, &snapshot, &id);
+    // With `journal.sync = "batch"` the answer waits for the journal to hold the outcome.
+    if let Err(e) = scope.gateway.store.durable(&id).await {
+        return Err(ApiError::Overloaded(format!(
+            "{e}: payment {id} could not be recorded; GET /v1/payments/{id} tells its status"
+        )));
+    }
     answer
 }
 
@@ -393,6 +407,7 @@ impl NewPayment {
             refunded_amount: 0,
             capture_in_flight: 0,
             refund_in_flight: 0,
+            reconciled: false,
             attempts: Vec::new(),
             operations: Vec::new(),
             created_at_ms: now_ms(),

@@ -105,6 +105,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     pub simulators: Vec<Simulator>,
     pub idempotency: Idempotency,
+    pub journal: Journal,
+    pub reconciliation: Reconciliation,
     /// Risk rules for every merchant (each merchant adds its own).
     pub risk: Risk,
     pub rule_index: RuleIndex,
@@ -214,6 +216,45 @@ impl Default for Idempotency {
             ttl: Duration::from_secs(24 * 3600),
             max_keys: 1_000_000,
             in_flight: InFlight::Reject,
+        }
+    }
+}
+
+/// When the merchant gets its answer relative to the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalSync {
+    /// After the batch holding the payment's outcome is committed (the default).
+    Batch,
+    /// At once; the record follows within a batch.
+    Async,
+}
+
+/// `[journal]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Journal {
+    pub path: PathBuf,
+    pub sync: JournalSync,
+    /// Writes waiting for the journal at most; beyond, new payments get 503.
+    pub queue: usize,
+}
+
+/// `[reconciliation]`: how pending payments are re-queried on their channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconciliation {
+    /// How often due payments are looked for.
+    pub interval: Duration,
+    /// Longest wait between two queries of one payment (the wait doubles from `interval`).
+    pub max_backoff: Duration,
+    /// After this, a payment still pending is left to operations (logged, stays pending).
+    pub deadline: Duration,
+}
+
+impl Default for Reconciliation {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            deadline: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -358,6 +399,7 @@ pub struct Merchant {
     /// HMAC-SHA256 key for `Paygate-Signature`; when set, unsigned requests are refused.
     pub signing_secret: Option<Secret>,
     pub risk: Risk,
+    pub webhook_url: Option<String>,
 }
 
 impl Merchant {

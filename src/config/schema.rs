@@ -31,6 +31,26 @@ pub struct RawFile {
     pub idempotency: RawIdempotency,
     #[serde(default)]
     pub risk: RawRisk,
+    #[serde(default)]
+    pub journal: RawJournal,
+    #[serde(default)]
+    pub reconciliation: RawReconciliation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    pub path: Option<Spanned<String>>,
+    pub sync: Option<Spanned<String>>,
+    pub queue: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconciliation {
+    pub interval_ms: Option<Spanned<u64>>,
+    pub max_backoff_ms: Option<Spanned<u64>>,
+    pub deadline_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +155,9 @@ pub struct RawMerchant {
     /// Hex SHA-256 of the merchant's TLS client certificate (DER), as an alternative to keys.
     pub client_cert_sha256: Option<Spanned<String>>,
     pub risk: Option<Spanned<RawRisk>>,
+    /// Where final statuses of reconciled payments are POSTed (signed when the merchant has a
+    /// signing secret).
+    pub webhook_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

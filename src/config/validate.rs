@@ -36,6 +36,8 @@ const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:0";
 const DEFAULT_MAX_IN_FLIGHT: u64 = 10_000;
 /// Long enough for a payment at the default request timeout (15 s) to finish.
 const DEFAULT_DRAIN_PERIOD_MS: u64 = 20_000;
+/// Writes waiting for the journal: a few seconds of traffic at a few thousand payments a second.
+const DEFAULT_JOURNAL_QUEUE: u64 = 10_000;
 /// Longest BIN prefix a rule may block (BINs are 6 to 8 digits).
 const MAX_BIN_LEN: usize = 8;
 
@@ -60,6 +62,8 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
     let channels = check.channels(&raw.channels, &simulators);
     let rules = check.rules(&raw.rules, &channels, &merchants, default_strategy);
     let idempotency = check.idempotency(&raw.idempotency);
+    let journal = check.journal(&raw.journal);
+    let reconciliation = check.reconciliation(&raw.reconciliation);
     let risk = check.risk(&raw.risk);
     if !check.problems.is_empty() {
         check.problems.sort_by_key(|p| (p.line, p.column));
@@ -87,6 +91,8 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         rules,
         simulators,
         idempotency,
+        journal,
+        reconciliation,
         risk,
         rule_index,
         merchant_by_key,
@@ -486,6 +492,7 @@ impl<'a> Checker<'a> {
                 .as_ref()
                 .map(|r| self.risk(r.get_ref()))
                 .unwrap_or_default();
+            let webhook_url = m.webhook_url.as_ref().map(|url| self.webhook(url));
             merchants.push((
                 Merchant {
                     id: m.id.get_ref().clone(),
@@ -494,6 +501,7 @@ impl<'a> Checker<'a> {
                     rate_limit,
                     signing_secret,
                     risk,
+                    webhook_url,
                 },
                 identity,
             ));
@@ -530,6 +538,72 @@ impl<'a> Checker<'a> {
                 );
                 None
             }
+        }
+    }
+
+    fn webhook(&mut self, raw: &Spanned<String>) -> String {
+        let ok = raw
+            .get_ref()
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            self.problem(
+                &raw.span(),
+                format!(
+                    "webhook_url {:?} must be an http:// or https:// URL",
+                    raw.get_ref()
+                ),
+            );
+        }
+        raw.get_ref().clone()
+    }
+
+    fn journal(&mut self, raw: &RawJournal) -> Journal {
+        let path = raw
+            .path
+            .as_ref()
+            .map_or("paygate.db", |p| p.get_ref().as_str());
+        let sync = match &raw.sync {
+            None => JournalSync::Batch,
+            Some(v) => match v.get_ref().as_str() {
+                "batch" => JournalSync::Batch,
+                "async" => JournalSync::Async,
+                other => {
+                    self.problem(
+                        &v.span(),
+                        format!("journal sync must be \"batch\" or \"async\", not {other:?}"),
+                    );
+                    JournalSync::Batch
+                }
+            },
+        };
+        let queue = self.positive(raw.queue.as_ref(), DEFAULT_JOURNAL_QUEUE, "queue");
+        Journal {
+            path: self.resolve(path),
+            sync,
+            queue: usize::try_from(queue).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn reconciliation(&mut self, raw: &RawReconciliation) -> Reconciliation {
+        let defaults = Reconciliation::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        Reconciliation {
+            interval: Duration::from_millis(self.positive(
+                raw.interval_ms.as_ref(),
+                ms(defaults.interval),
+                "interval_ms",
+            )),
+            max_backoff: Duration::from_millis(self.positive(
+                raw.max_backoff_ms.as_ref(),
+                ms(defaults.max_backoff),
+                "max_backoff_ms",
+            )),
+            deadline: Duration::from_secs(self.positive(
+                raw.deadline_secs.as_ref(),
+                defaults.deadline.as_secs(),
+                "deadline_secs",
+            )),
         }
     }
 

@@ -130,6 +130,7 @@ mod tests {
             rate_limit: None,
             signing_secret: Some(Secret(b"whsec".to_vec())),
             risk: Risk::default(),
+            webhook_url: None,
         }
     }
 

@@ -27,7 +27,7 @@ use crate::layers::{
     Authenticate, BodyLayer, CheckLayer, Deadlines, IdempotencyLayer, MetricsLayer, RateLimit,
     RequestIdLayer, ShedLayer, SizeLimits,
 };
-use crate::store::MemoryStore;
+use crate::store::JournalStore;
 
 /// Quiet time after the last change to the routes file before it is reloaded.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -54,6 +54,8 @@ pub enum ServeError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("merchant TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Journal(#[from] crate::store::journal::JournalError),
 }
 
 /// Runs paygate on the routes file at `path` until SIGINT or SIGTERM.
@@ -70,11 +72,9 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         )?),
         None => None,
     };
-    let gateway = Arc::new(Gateway::new(
-        config,
-        simulators,
-        Arc::new(MemoryStore::new()),
-    )?);
+    let journal = JournalStore::open(&config.journal)?;
+    tracing::info!(journal = %journal.path().display(), "journal open");
+    let gateway = Arc::new(Gateway::new(config, simulators, Arc::new(journal))?);
     let merchant = bind(server.listen).await?;
     let admin = bind(server.admin_listen).await?;
     let watching = watch_routes(&gateway);
@@ -226,6 +226,11 @@ async fn maintain(gateway: Arc<Gateway>) {
         let config = &snapshot.config;
         for (channel, cause) in gateway.router.sweep(config, &snapshot.scores) {
             gateway.metrics.ejected(&config.channels[channel].name);
+            gateway.store.event(
+                "ejection",
+                Some(&config.channels[channel].name),
+                "success rate",
+            );
             tracing::warn!(channel = %config.channels[channel].name, ?cause, "channel ejected");
         }
         publish_channel_gauges(&gateway, &snapshot);

@@ -3,7 +3,7 @@
 
 use dashmap::DashMap;
 
-use super::{Payment, PaymentStore};
+use super::{Durable, Payment, PaymentStatus, PaymentStore, StoreError};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -25,8 +25,9 @@ impl MemoryStore {
 }
 
 impl PaymentStore for MemoryStore {
-    fn insert(&self, payment: Payment) {
+    fn insert(&self, payment: Payment) -> Result<(), StoreError> {
         self.payments.insert(payment.id.clone(), payment);
+        Ok(())
     }
 
     fn get(&self, id: &str) -> Option<Payment> {
@@ -41,5 +42,17 @@ impl PaymentStore for MemoryStore {
             }
             None => false,
         }
+    }
+
+    fn durable(&self, _id: &str) -> Durable {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn pending(&self) -> Vec<Payment> {
+        self.payments
+            .iter()
+            .filter(|p| p.status == PaymentStatus::Pending)
+            .map(|p| p.clone())
+            .collect()
     }
 }

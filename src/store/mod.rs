@@ -7,14 +7,19 @@
 //! holds card data beyond [`MaskedCard`].
 
 pub mod idempotency;
+pub mod journal;
 mod memory;
 
-use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
 
+use serde::{Deserialize, Serialize};
+
+pub use journal::JournalStore;
 pub use memory::MemoryStore;
 
 /// Where a payment stands; the contract's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
     Succeeded,
@@ -25,7 +30,7 @@ pub enum PaymentStatus {
 
 /// What one call to a channel came to; the contract's `outcome` values plus `pending` for a
 /// PSP that answered that it has not decided yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -52,7 +57,7 @@ impl Outcome {
 }
 
 /// One call to a channel for a payment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub channel: String,
     pub outcome: Outcome,
@@ -61,10 +66,13 @@ pub struct Attempt {
     pub psp_reference: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decline_code: Option<String>,
+    /// When the attempt ended, ms since the Unix epoch.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// The card as far as paygate may keep it: first six and last four digits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedCard {
     pub bin: String,
     pub last4: String,
@@ -81,7 +89,7 @@ impl MaskedCard {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FollowUpKind {
     Capture,
@@ -89,7 +97,7 @@ pub enum FollowUpKind {
 }
 
 /// A capture or refund of a payment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FollowUp {
     pub id: String,
     pub payment_id: String,
@@ -103,7 +111,7 @@ pub struct FollowUp {
     pub decline_code: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Payment {
     pub id: String,
     pub merchant: String,
@@ -130,6 +138,9 @@ pub struct Payment {
     pub capture_in_flight: u64,
     #[serde(skip)]
     pub refund_in_flight: u64,
+    /// A pending payment whose final status reconciliation found.
+    #[serde(default)]
+    pub reconciled: bool,
     pub attempts: Vec<Attempt>,
     pub operations: Vec<FollowUp>,
     /// Milliseconds since the Unix epoch.
@@ -137,12 +148,31 @@ pub struct Payment {
 }
 
 /// Keeps payments. Implementations must be safe to share between all request tasks.
+/// Why a store cannot take a payment.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The journal is behind or cannot write: new payments must wait.
+    #[error("the payment journal {0}")]
+    Unavailable(String),
+}
+
+/// Resolves once a payment's latest state is as durable as the store promises.
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
 pub trait PaymentStore: Send + Sync + 'static {
-    fn insert(&self, payment: Payment);
+    /// Records a new payment before any channel is called; refused when the store could not
+    /// keep it.
+    fn insert(&self, payment: Payment) -> Result<(), StoreError>;
     fn get(&self, id: &str) -> Option<Payment>;
     /// Applies `change` to the stored payment atomically with respect to other updates of the
     /// same payment; false when the payment is unknown.
     fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool;
+    /// Resolves when everything recorded for `id` so far is durable (at once for memory).
+    fn durable(&self, id: &str) -> Durable;
+    /// Pending payments, for reconciliation.
+    fn pending(&self) -> Vec<Payment>;
+    /// A channel event (ejection, drain, enable, reload) for the daily report.
+    fn event(&self, _kind: &str, _channel: Option<&str>, _detail: &str) {}
 }
 
 /// Milliseconds since the Unix epoch, for record timestamps.

@@ -172,11 +172,18 @@ impl Process {
         status.code()
     }
 
-    /// The simulator's `/_sim/stats`.
+    /// The simulator's `/_sim/stats`; retried a few times, since a simulator set to refuse
+    /// connections refuses the test's too.
     pub async fn stats(&self) -> Value {
-        let answer = send(Method::GET, &format!("{}/_sim/stats", self.base), &[], "").await;
-        assert_eq!(answer.status, StatusCode::OK);
-        answer.json
+        let url = format!("{}/_sim/stats", self.base);
+        for _ in 0..50 {
+            if let Ok(answer) = try_send(Method::GET, &url, &[], "").await {
+                assert_eq!(answer.status, StatusCode::OK);
+                return answer.json;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no stats from {url}");
     }
 }
 
@@ -203,6 +210,17 @@ impl Answer {
 }
 
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    try_send(method, url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("an HTTP answer from {url}: {e}"))
+}
+
+pub async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut request = Request::builder().method(method).uri(url);
@@ -214,8 +232,7 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: &st
         .expect("valid request");
     let response = tokio::time::timeout(CALL, client.request(request))
         .await
-        .expect("answer in time")
-        .expect("an HTTP answer");
+        .expect("answer in time")?;
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response
@@ -225,11 +242,11 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: &st
         .expect("read body")
         .to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
+    Ok(Answer {
         status,
         headers,
         json,
-    }
+    })
 }
 
 /// `POST /v1/payments` as the demo merchant.

@@ -1,0 +1,467 @@
+//! The durable payment store: every payment and attempt in an embedded SQLite journal (WAL),
+//! written by one background thread in batched transactions, with the payments of this run
+//! kept in memory in front of it.
+//!
+//! The request path never touches the disk for writes: it hands records to the writer and,
+//! with `sync = "batch"`, waits for the commit of the batch that holds the outcome before the
+//! merchant is answered. The queue is bounded: when the journal falls behind (or cannot
+//! write, e.g. disk full), new payments are refused with 503 rather than accepted without a
+//! record; records already queued are never dropped, the writer retries them. Reads miss the
+//! memory only for payments of earlier runs, and then read the journal. Card data never goes
+//! beyond the masked form the `Payment` carries.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{Durable, MemoryStore, Payment, PaymentStatus, PaymentStore, StoreError, now_ms};
+use crate::config::{Journal, JournalSync};
+
+const SCHEMA: &str = include_str!("journal.sql");
+/// Records per transaction at most: large enough to amortise the commit, small enough that a
+/// waiting merchant is not held long.
+const MAX_BATCH: usize = 512;
+/// Wait before retrying a batch that failed (disk full, I/O error).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(200);
+/// How long opening waits for a journal another process holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+}
+
+enum Write {
+    Payment(Box<Payment>),
+    Event {
+        at_ms: u64,
+        kind: String,
+        channel: Option<String>,
+        detail: String,
+    },
+    /// Acknowledged once every write before it is committed.
+    Barrier(oneshot::Sender<Result<(), StoreError>>),
+}
+
+pub struct JournalStore {
+    memory: MemoryStore,
+    sender: Mutex<mpsc::Sender<Write>>,
+    /// Writes queued and not yet committed.
+    queued: Arc<AtomicUsize>,
+    /// False while the last commit failed.
+    healthy: Arc<AtomicBool>,
+    capacity: usize,
+    sync: JournalSync,
+    /// For payments of earlier runs.
+    reader: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl JournalStore {
+    /// Opens (or creates) the journal and starts its writer. A file that is not a journal, or
+    /// one another process holds, is an error naming the file: never a silent new journal.
+    pub fn open(settings: &Journal) -> Result<Self, JournalError> {
+        let path = settings.path.clone();
+        let fail = |reason: String| JournalError::Open {
+            path: path.clone(),
+            reason,
+        };
+        let writer = connect(&path).map_err(|e| fail(e.to_string()))?;
+        writer
+            .execute_batch(SCHEMA)
+            .map_err(|e| fail(format!("cannot use it as a journal: {e}")))?;
+        let reader = connect(&path).map_err(|e| fail(e.to_string()))?;
+        let (sender, receiver) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (q, h) = (queued.clone(), healthy.clone());
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || write_forever(writer, receiver, q, h))
+            .map_err(|e| fail(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            memory: MemoryStore::new(),
+            sender: Mutex::new(sender),
+            queued,
+            healthy,
+            capacity: settings.queue,
+            sync: settings.sync,
+            reader: Mutex::new(reader),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn enqueue(&self, write: Write) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self
+            .sender
+            .lock()
+            .map(|s| s.send(write).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.healthy.store(false, Ordering::Release);
+        }
+    }
+
+    fn journal(&self, id: &str) {
+        if let Some(payment) = self.memory.get(id) {
+            self.enqueue(Write::Payment(Box::new(payment)));
+        }
+    }
+
+    fn load(&self, id: &str) -> Option<Payment> {
+        let reader = self.reader.lock().ok()?;
+        let record: Option<String> = reader
+            .query_row("SELECT record FROM payments WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()
+            .ok()
+            .flatten();
+        record.and_then(|r| serde_json::from_str(&r).ok())
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // Reading the header here turns "not a database" into an error at open, not later.
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL + NORMAL: a commit survives a crash of paygate; only a power loss can lose the last
+    // transactions.
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(connection)
+}
+
+impl PaymentStore for JournalStore {
+    fn insert(&self, payment: Payment) -> Result<(), StoreError> {
+        if !self.healthy.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "cannot write (see the logs)".into(),
+            ));
+        }
+        if self.queued.load(Ordering::Acquire) >= self.capacity {
+            return Err(StoreError::Unavailable("is behind".into()));
+        }
+        let id = payment.id.clone();
+        self.memory.insert(payment)?;
+        self.journal(&id);
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Option<Payment> {
+        self.memory.get(id).or_else(|| {
+            let payment = self.load(id)?;
+            let _ = self.memory.insert(payment.clone());
+            Some(payment)
+        })
+    }
+
+    fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool {
+        if self.get(id).is_none() {
+            return false;
+        }
+        let changed = self.memory.update(id, change);
+        if changed {
+            self.journal(id);
+        }
+        changed
+    }
+
+    fn durable(&self, _id: &str) -> Durable {
+        if self.sync == JournalSync::Async {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let (ack, done) = oneshot::channel();
+        self.enqueue(Write::Barrier(ack));
+        Box::pin(async move {
+            done.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+        })
+    }
+
+    fn pending(&self) -> Vec<Payment> {
+        let mut pending = self.memory.pending();
+        let Ok(reader) = self.reader.lock() else {
+            return pending;
+        };
+        let Ok(mut query) = reader.prepare("SELECT record FROM payments WHERE status = 'pending'")
+        else {
+            return pending;
+        };
+        let rows = query.query_map([], |row| row.get::<_, String>(0));
+        for record in rows.into_iter().flatten().flatten() {
+            if let Ok(payment) = serde_json::from_str::<Payment>(&record)
+                && !pending.iter().any(|p| p.id == payment.id)
+            {
+                pending.push(payment);
+            }
+        }
+        pending
+    }
+
+    fn event(&self, kind: &str, channel: Option<&str>, detail: &str) {
+        self.enqueue(Write::Event {
+            at_ms: now_ms(),
+            kind: kind.to_string(),
+            channel: channel.map(str::to_string),
+            detail: detail.to_string(),
+        });
+    }
+}
+
+/// The writer: takes what is queued (up to a batch), commits it in one transaction, then
+/// acknowledges the barriers. A failed commit is retried with the same batch until it
+/// succeeds; meanwhile new payments are refused.
+fn write_forever(
+    mut connection: Connection,
+    receiver: mpsc::Receiver<Write>,
+    queued: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match commit(&mut connection, &batch) {
+                Ok(()) => {
+                    healthy.store(true, Ordering::Release);
+                    break;
+                }
+                Err(error) => {
+                    if healthy.swap(false, Ordering::AcqRel) {
+                        tracing::error!(%error, "journal commit failed; refusing new payments until it works again");
+                    }
+                    std::thread::sleep(RETRY_AFTER_FAILURE);
+                }
+            }
+        }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        for write in batch {
+            if let Write::Barrier(ack) = write {
+                let _ = ack.send(Ok(()));
+            }
+        }
+    }
+}
+
+fn commit(connection: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    {
+        let mut payment_row = transaction.prepare_cached(
+            "INSERT INTO payments (id, merchant, amount, currency, method, country, status, channel,
+                psp_reference, decline_code, card_bin, card_last4, captured_amount, refunded_amount,
+                reconciled, created_at_ms, updated_at_ms, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, channel = excluded.channel,
+                psp_reference = excluded.psp_reference, decline_code = excluded.decline_code,
+                captured_amount = excluded.captured_amount, refunded_amount = excluded.refunded_amount,
+                reconciled = excluded.reconciled, updated_at_ms = excluded.updated_at_ms,
+                record = excluded.record",
+        )?;
+        let mut attempt_row = transaction.prepare_cached(
+            "INSERT OR IGNORE INTO attempts (payment_id, number, merchant, channel, outcome,
+                decline_code, latency_ms, amount, currency, method, country, failover, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut event_row = transaction.prepare_cached(
+            "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for write in batch {
+            match write {
+                Write::Payment(p) => {
+                    let record = serde_json::to_string(p.as_ref())
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    payment_row.execute(params![
+                        p.id,
+                        p.merchant,
+                        p.amount as i64,
+                        p.currency,
+                        p.method,
+                        p.country,
+                        status_text(p.status),
+                        p.channel,
+                        p.psp_reference,
+                        p.decline_code,
+                        p.card.as_ref().map(|c| c.bin.as_str()),
+                        p.card.as_ref().map(|c| c.last4.as_str()),
+                        p.captured_amount as i64,
+                        p.refunded_amount as i64,
+                        p.reconciled,
+                        p.created_at_ms as i64,
+                        now_ms() as i64,
+                        record,
+                    ])?;
+                    for (index, attempt) in p.attempts.iter().enumerate() {
+                        attempt_row.execute(params![
+                            p.id,
+                            index as i64 + 1,
+                            p.merchant,
+                            attempt.channel,
+                            attempt.outcome.as_str(),
+                            attempt.decline_code,
+                            attempt.latency_ms as i64,
+                            p.amount as i64,
+                            p.currency,
+                            p.method,
+                            p.country,
+                            index > 0,
+                            attempt.at_ms as i64,
+                        ])?;
+                    }
+                }
+                Write::Event {
+                    at_ms,
+                    kind,
+                    channel,
+                    detail,
+                } => {
+                    event_row.execute(params![*at_ms as i64, kind, channel, detail])?;
+                }
+                Write::Barrier(_) => {}
+            }
+        }
+    }
+    transaction.commit()
+}
+
+fn status_text(status: PaymentStatus) -> &'static str {
+    match status {
+        PaymentStatus::Succeeded => "succeeded",
+        PaymentStatus::Declined => "declined",
+        PaymentStatus::Pending => "pending",
+        PaymentStatus::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Attempt, Outcome};
+
+    fn payment(id: &str) -> Payment {
+        Payment {
+            id: id.into(),
+            merchant: "m".into(),
+            status: PaymentStatus::Pending,
+            amount: 1_999,
+            currency: "EUR".into(),
+            method: "card".into(),
+            country: Some("DE".into()),
+            reference: None,
+            channel: None,
+            psp_reference: None,
+            decline_code: None,
+            card: None,
+            captured_amount: 0,
+            refunded_amount: 0,
+            capture_in_flight: 0,
+            refund_in_flight: 0,
+            reconciled: false,
+            attempts: Vec::new(),
+            operations: Vec::new(),
+            created_at_ms: 1_000,
+        }
+    }
+
+    fn settings(dir: &Path) -> Journal {
+        Journal {
+            path: dir.join("journal.db"),
+            sync: JournalSync::Batch,
+            queue: 100,
+        }
+    }
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "paygate-journal-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn round_trip_survives_a_new_store() {
+        let dir = scratch();
+        {
+            let store = JournalStore::open(&settings(&dir)).unwrap();
+            store.insert(payment("pay_1")).unwrap();
+            store.update("pay_1", &mut |p| {
+                p.status = PaymentStatus::Succeeded;
+                p.channel = Some("a".into());
+                p.attempts.push(Attempt {
+                    channel: "a".into(),
+                    outcome: Outcome::Succeeded,
+                    latency_ms: 42,
+                    psp_reference: Some("a-1".into()),
+                    decline_code: None,
+                    at_ms: 2_000,
+                });
+            });
+            store.durable("pay_1").await.unwrap();
+        }
+        let reopened = JournalStore::open(&settings(&dir)).unwrap();
+        let back = reopened.get("pay_1").expect("read from the journal");
+        assert_eq!(back.status, PaymentStatus::Succeeded);
+        assert_eq!(back.attempts.len(), 1);
+        assert_eq!(back.attempts[0].latency_ms, 42);
+        let reader = reopened.reader.lock().unwrap();
+        let attempts: i64 = reader
+            .query_row(
+                "SELECT COUNT(*) FROM attempts WHERE payment_id = 'pay_1' AND latency_ms = 42",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused_by_name() {
+        let dir = scratch();
+        let path = dir.join("journal.db");
+        std::fs::write(
+            &path,
+            b"this is not a database, just text that is long enough to have a header",
+        )
+        .unwrap();
+        let error = JournalStore::open(&settings(&dir))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("journal.db"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_cannot_write_refuses_new_payments() {
+        let dir = scratch();
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        store.insert(payment("pay_ok")).unwrap();
+        store.durable("pay_ok").await.unwrap();
+        // What the writer does when a commit fails (disk full, I/O error).
+        store.healthy.store(false, Ordering::Release);
+        assert!(store.insert(payment("pay_refused")).is_err());
+        assert!(
+            store.get("pay_refused").is_none(),
+            "a refused payment is not kept"
+        );
+        assert!(store.get("pay_ok").is_some());
+    }
+}
