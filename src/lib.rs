@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod layers;
 pub mod limits;
 pub mod metrics;
+pub mod reconcile;
 pub mod risk;
 pub mod routing;
 pub mod server;

@@ -129,6 +129,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     let mut background = vec![
         tokio::spawn(maintain(gateway.clone())),
         tokio::spawn(reload_on_hangup(gateway.clone())),
+        tokio::spawn(crate::reconcile::reconcile_forever(gateway.clone())),
     ];
     background.extend(watching.map(tokio::spawn));
     shutdown_signal().await;
