@@ -350,3 +350,75 @@ async fn pending_payments_are_reconciled_and_the_merchant_is_told() {
         ]]
     );
 }
+
+#[tokio::test]
+async fn a_full_disk_turns_new_payments_away_with_503() {
+    let sim = Process::mock_psp(&["--name", "psp"]).await;
+    let dir = scratch_dir();
+    let disk = dir.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    // A 1 MiB file system for the journal: root can mount one; elsewhere this test cannot run.
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            &disk.to_string_lossy(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let text = format!(
+        "{}\n[journal]\npath = \"{}\"\n{}\n[[rules]]\nname = \"all\"\nchannels = [\"psp\"]\n",
+        base_config().replace("[server]\n", "[server]\nrequest_timeout_ms = 2000\n"),
+        disk.join("paygate.db").display(),
+        channel("psp", &sim, "")
+    );
+    let gateway = Process::gateway(&text).await;
+    let mut first_refusal = None;
+    let mut accepted = Vec::new();
+    for i in 0..5_000 {
+        let mut payment = card_payment(100 + i, "EUR");
+        payment["reference"] = json!(format!("{i:0>250}"));
+        let answer = pay(&gateway, &payment).await;
+        match answer.status {
+            StatusCode::CREATED => accepted.push(answer.json["id"].as_str().unwrap().to_string()),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(answer.error_type(), "overloaded");
+                assert!(
+                    answer.json["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("journal")
+                );
+                first_refusal = Some(i);
+                break;
+            }
+            other => panic!("unexpected {other}: {:?}", answer.json),
+        }
+    }
+    let _ = std::process::Command::new("umount")
+        .args(["-l", &disk.to_string_lossy()])
+        .status();
+    assert!(first_refusal.is_some(), "the journal never filled up");
+    assert!(
+        accepted.len() > 10,
+        "payments were accepted before the disk filled"
+    );
+    // Still serving: health, and reads of what was recorded.
+    assert_eq!(
+        send(Method::GET, &format!("{}/healthz", gateway.admin), &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_payment(&gateway, KEY, &accepted[0]).await.status,
+        StatusCode::OK
+    );
+}

@@ -102,10 +102,15 @@ pub async fn follow_up(
         decline_code: exchange.as_ref().and_then(|e| e.decline_code.clone()),
     };
     store.update(id, &mut |payment| settle(payment, &record));
-    if let Err(e) = store.durable(id).await {
+    let recorded = match tokio::time::timeout_at(scope.deadline.into(), store.durable(id)).await {
+        Ok(result) => result,
+        Err(_) => Err(crate::store::StoreError::Unavailable(
+            "is not writing".into(),
+        )),
+    };
+    if let Err(e) = recorded {
         return Err(ApiError::Overloaded(format!(
-            "{e}: the {:?} of payment {id} could not be recorded; GET /v1/payments/{id} tells its status",
-            kind
+            "{e}: the {kind:?} of payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
         )));
     }
     if status == PaymentStatus::Failed {

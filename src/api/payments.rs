@@ -195,9 +195,16 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
     };
     record_payment(scope, &snapshot, &id);
     // With `journal.sync = "batch"` the answer waits for the journal to hold the outcome.
-    if let Err(e) = scope.gateway.store.durable(&id).await {
+    let durable = scope.gateway.store.durable(&id);
+    let recorded = match tokio::time::timeout_at(scope.deadline.into(), durable).await {
+        Ok(result) => result,
+        Err(_) => Err(crate::store::StoreError::Unavailable(
+            "is not writing".into(),
+        )),
+    };
+    if let Err(e) = recorded {
         return Err(ApiError::Overloaded(format!(
-            "{e}: payment {id} could not be recorded; GET /v1/payments/{id} tells its status"
+            "{e}: payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
         )));
     }
     answer
