@@ -94,14 +94,19 @@ impl Limits {
         let Some(quota) = quota else {
             return Ok(());
         };
-        // The map guard must be gone before inserting into the same shard.
         let known = self.requests.get(name).map(|l| l.clone());
         let limiter = match known {
             Some(l) if l.quota == quota => l,
+            // Through the entry, so that concurrent first requests share one new bucket.
             _ => {
-                let fresh = Arc::new(Limiter::new(quota));
-                self.requests.insert(name.to_string(), fresh.clone());
-                fresh
+                let mut entry = self
+                    .requests
+                    .entry(name.to_string())
+                    .or_insert_with(|| Arc::new(Limiter::new(quota)));
+                if entry.quota != quota {
+                    *entry = Arc::new(Limiter::new(quota));
+                }
+                entry.clone()
             }
         };
         limiter.check()
@@ -131,12 +136,20 @@ impl Limits {
         {
             return gate;
         }
-        let fresh = Arc::new(ChannelGate {
-            limiter: channel.rate_limit.map(Limiter::new),
-            in_flight: AtomicUsize::new(0),
-        });
-        self.channels.insert(channel.name.clone(), fresh.clone());
-        fresh
+        let fresh = || {
+            Arc::new(ChannelGate {
+                limiter: channel.rate_limit.map(Limiter::new),
+                in_flight: AtomicUsize::new(0),
+            })
+        };
+        let mut entry = self
+            .channels
+            .entry(channel.name.clone())
+            .or_insert_with(fresh);
+        if entry.limiter.as_ref().map(|l| l.quota) != channel.rate_limit {
+            *entry = fresh();
+        }
+        entry.clone()
     }
 }
 

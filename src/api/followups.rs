@@ -102,7 +102,12 @@ pub async fn follow_up(
         decline_code: exchange.as_ref().and_then(|e| e.decline_code.clone()),
     };
     store.update(id, &mut |payment| settle(payment, &record));
-    let recorded = match tokio::time::timeout_at(scope.deadline.into(), store.durable(id)).await {
+    let recorded = match tokio::time::timeout_at(
+        super::journal_wait_until(scope.deadline).into(),
+        store.durable(id),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(crate::store::StoreError::Unavailable(
             "is not writing".into(),

@@ -127,6 +127,14 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     }
 }
 
+/// How long an answer may wait for the journal: the request's deadline bounds the calls to
+/// PSPs, but an outcome already known deserves a moment more to be recorded.
+const JOURNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn journal_wait_until(deadline: Instant) -> Instant {
+    deadline.max(Instant::now() + JOURNAL_GRACE)
+}
+
 /// A response with a JSON body and the channel that answered, when there is one.
 fn respond(
     status: StatusCode,

@@ -196,12 +196,15 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
     record_payment(scope, &snapshot, &id);
     // With `journal.sync = "batch"` the answer waits for the journal to hold the outcome.
     let durable = scope.gateway.store.durable(&id);
-    let recorded = match tokio::time::timeout_at(scope.deadline.into(), durable).await {
-        Ok(result) => result,
-        Err(_) => Err(crate::store::StoreError::Unavailable(
-            "is not writing".into(),
-        )),
-    };
+    let recorded =
+        match tokio::time::timeout_at(super::journal_wait_until(scope.deadline).into(), durable)
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(crate::store::StoreError::Unavailable(
+                "is not writing".into(),
+            )),
+        };
     if let Err(e) = recorded {
         return Err(ApiError::Overloaded(format!(
             "{e}: payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
