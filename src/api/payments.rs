@@ -421,6 +421,7 @@ impl NewPayment {
             attempts: Vec::new(),
             operations: Vec::new(),
             created_at_ms: now_ms(),
+            version: 0,
         }
     }
 }

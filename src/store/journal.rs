@@ -6,8 +6,10 @@
 //! with `sync = "batch"`, waits for the commit of the batch that holds the outcome before the
 //! merchant is answered. The queue is bounded: when the journal falls behind (or cannot
 //! write, e.g. disk full), new payments are refused with 503 rather than accepted without a
-//! record; records already queued are never dropped, the writer retries them. Reads miss the
-//! memory only for payments of earlier runs, and then read the journal. Card data never goes
+//! record; records already queued are never dropped, the writer retries them. Memory holds
+//! only payments still moving: once a settled payment's latest state is committed, the writer
+//! drops it from memory, and reads of it go to the journal (so memory does not grow with
+//! traffic). Card data never goes
 //! beyond the masked form the `Payment` carries.
 
 use std::path::{Path, PathBuf};
@@ -49,7 +51,7 @@ enum Write {
 }
 
 pub struct JournalStore {
-    memory: MemoryStore,
+    memory: Arc<MemoryStore>,
     sender: Mutex<mpsc::Sender<Write>>,
     /// Writes queued and not yet committed.
     queued: Arc<AtomicUsize>,
@@ -79,13 +81,14 @@ impl JournalStore {
         let (sender, receiver) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
-        let (q, h) = (queued.clone(), healthy.clone());
+        let memory = Arc::new(MemoryStore::new());
+        let (q, h, m) = (queued.clone(), healthy.clone(), memory.clone());
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_forever(writer, receiver, q, h))
+            .spawn(move || write_forever(writer, receiver, q, h, m))
             .map_err(|e| fail(format!("cannot start the writer: {e}")))?;
         Ok(Self {
-            memory: MemoryStore::new(),
+            memory,
             sender: Mutex::new(sender),
             queued,
             healthy,
@@ -228,6 +231,7 @@ fn write_forever(
     receiver: mpsc::Receiver<Write>,
     queued: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
+    memory: Arc<MemoryStore>,
 ) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -253,8 +257,12 @@ fn write_forever(
         }
         queued.fetch_sub(batch.len(), Ordering::AcqRel);
         for write in batch {
-            if let Write::Barrier(ack) = write {
-                let _ = ack.send(Ok(()));
+            match write {
+                Write::Barrier(ack) => {
+                    let _ = ack.send(Ok(()));
+                }
+                Write::Payment(p) => memory.evict_settled(&p.id, p.version),
+                Write::Event { .. } => {}
             }
         }
     }
@@ -376,6 +384,7 @@ mod tests {
             attempts: Vec::new(),
             operations: Vec::new(),
             created_at_ms: 1_000,
+            version: 0,
         }
     }
 
@@ -400,23 +409,28 @@ mod tests {
     #[tokio::test]
     async fn round_trip_survives_a_new_store() {
         let dir = scratch();
-        {
-            let store = JournalStore::open(&settings(&dir)).unwrap();
-            store.insert(payment("pay_1")).unwrap();
-            store.update("pay_1", &mut |p| {
-                p.status = PaymentStatus::Succeeded;
-                p.channel = Some("a".into());
-                p.attempts.push(Attempt {
-                    channel: "a".into(),
-                    outcome: Outcome::Succeeded,
-                    latency_ms: 42,
-                    psp_reference: Some("a-1".into()),
-                    decline_code: None,
-                    at_ms: 2_000,
-                });
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        store.insert(payment("pay_1")).unwrap();
+        store.update("pay_1", &mut |p| {
+            p.status = PaymentStatus::Succeeded;
+            p.channel = Some("a".into());
+            p.attempts.push(Attempt {
+                channel: "a".into(),
+                outcome: Outcome::Succeeded,
+                latency_ms: 42,
+                psp_reference: Some("a-1".into()),
+                decline_code: None,
+                at_ms: 2_000,
             });
-            store.durable("pay_1").await.unwrap();
-        }
+        });
+        store.durable("pay_1").await.unwrap();
+
+        assert_eq!(
+            store.memory.len(),
+            0,
+            "a settled, committed payment leaves memory"
+        );
+        drop(store);
         let reopened = JournalStore::open(&settings(&dir)).unwrap();
         let back = reopened.get("pay_1").expect("read from the journal");
         assert_eq!(back.status, PaymentStatus::Succeeded);

@@ -15,6 +15,17 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Forgets `id` when it is still at `version`, settled (not pending) and has no capture or
+    /// refund under way: the journal holds it and will answer for it.
+    pub fn evict_settled(&self, id: &str, version: u64) {
+        self.payments.remove_if(id, |_, p| {
+            p.version == version
+                && p.status != PaymentStatus::Pending
+                && p.capture_in_flight == 0
+                && p.refund_in_flight == 0
+        });
+    }
+
     pub fn len(&self) -> usize {
         self.payments.len()
     }
@@ -38,6 +49,7 @@ impl PaymentStore for MemoryStore {
         match self.payments.get_mut(id) {
             Some(mut payment) => {
                 change(&mut payment);
+                payment.version += 1;
                 true
             }
             None => false,

@@ -145,6 +145,10 @@ pub struct Payment {
     pub operations: Vec<FollowUp>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Bumped by every change in a store, so that a store can tell whether what it wrote
+    /// somewhere is still the latest state.
+    #[serde(skip)]
+    pub version: u64,
 }
 
 /// Keeps payments. Implementations must be safe to share between all request tasks.
