@@ -16,6 +16,7 @@ pub mod layers;
 pub mod limits;
 pub mod metrics;
 pub mod reconcile;
+pub mod report;
 pub mod risk;
 pub mod routing;
 pub mod server;

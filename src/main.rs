@@ -34,6 +34,8 @@ enum Command {
     MockPsp(Box<paygate::sim::MockPspArgs>),
     /// Run the real router against simulated channels on a virtual clock, beside baselines.
     Simulate(paygate::simulate::SimulateArgs),
+    /// Write the daily operations report from the journal.
+    Report(paygate::report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,13 @@ fn main() -> ExitCode {
         Command::Check { path } => check(&path.unwrap_or(cli.config)),
         Command::Serve => run(async move { paygate::server::serve(&cli.config).await }),
         Command::MockPsp(args) => run(paygate::sim::run(*args)),
+        Command::Report(args) => match paygate::report::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("paygate: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Simulate(args) => match paygate::simulate::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
