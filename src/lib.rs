@@ -1,12 +1,15 @@
 //! paygate: a payment routing gateway.
 //!
 //! Merchants send every payment to one endpoint. A request passes the tower layers in
-//! `layers` (request id, limits, authentication), reaches a handler in `api`, which asks
-//! `routing::decide` for the rule and the order of its channels, calls them through
+//! `layers` (request id, metrics, deadline, size limits, load shedding, body, authentication,
+//! rate limits from `limits`, idempotency), reaches a handler in `api`, which checks `risk`,
+//! asks `routing::decide` for the rule and the order of its channels, calls them through
 //! `upstream` (failing over only when a channel surely did not charge), and keeps the payment
-//! and its attempts in `store`. `config` loads and checks routes.toml into an immutable
-//! snapshot held by `gateway`; `server` owns the listeners; `sim` is the PSP simulator used by
-//! the demo config, the tests and the benchmarks.
+//! and its attempts in `store` (the SQLite journal). `config` loads and checks routes.toml
+//! into an immutable snapshot held by `gateway`, which also reloads it, drains channels and
+//! writes the `audit` trail; `metrics` exports it all; `reconcile` settles pending payments;
+//! `server` owns the listeners. `sim` is the PSP simulator, `simulate` replays routing on a
+//! virtual clock, and `report` writes the daily operations report from the journal.
 
 pub mod api;
 pub mod audit;
