@@ -323,7 +323,12 @@ fn adaptive_order(
 ) -> Label {
     let settings = &config.routing;
     let mut best_expected = (f64::MIN, usize::MAX);
-    for candidate in candidates.iter_mut().filter(|c| order.contains(&c.channel)) {
+    // The candidates in `order` are exactly the eligible ones.
+    let mut ranked = Vec::with_capacity(order.len());
+    for candidate in candidates
+        .iter_mut()
+        .filter(|c| c.standing == Standing::Eligible)
+    {
         let penalty = adaptive::penalty(
             candidate.latency_ms,
             candidate.fee,
@@ -334,19 +339,16 @@ fn adaptive_order(
         let sample = adaptive::sample_success(&candidate.counts, rng);
         candidate.sample = Some(sample);
         candidate.score = Some(sample - penalty);
+        ranked.push((sample - penalty, candidate.channel));
         let expected = candidate.success_rate - penalty;
         if expected > best_expected.0 {
             best_expected = (expected, candidate.channel);
         }
     }
-    let score_of = |id: ChannelId| {
-        candidates
-            .iter()
-            .find(|c| c.channel == id)
-            .and_then(|c| c.score)
-            .unwrap_or(f64::MIN)
-    };
-    order.sort_by(|&a, &b| score_of(b).total_cmp(&score_of(a)));
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (slot, (_, channel)) in order.iter_mut().zip(ranked) {
+        *slot = channel;
+    }
     if order[0] == best_expected.1 {
         Label::BestScore
     } else {
