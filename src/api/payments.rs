@@ -181,19 +181,25 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             break;
         }
     }
-    let answer = if attempted.is_none() && skipped {
+    let failure = if attempted.is_none() && skipped {
         scope
             .gateway
             .store
             .update(&id, &mut |p| p.status = PaymentStatus::Failed);
-        Err(ApiError::Overloaded(
+        Some(ApiError::Overloaded(
             "every eligible channel is at its rate or in-flight limit; the payment was not sent"
                 .into(),
         ))
     } else {
-        conclude(scope, &id, finished, last_decline)
+        settle(scope, &id, finished, last_decline, attempted.is_some())
     };
-    record_payment(scope, &snapshot, &id);
+    // The final state, read once for the log line, the metrics and the answer.
+    let payment = scope
+        .gateway
+        .store
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("payment {id} vanished from the store")))?;
+    record_payment(scope, &snapshot, &payment);
     // With `journal.sync = "batch"` the answer waits for the journal to hold the outcome.
     let durable = scope.gateway.store.durable(&id);
     let recorded =
@@ -210,14 +216,18 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             "{e}: payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
         )));
     }
-    answer
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    let status = match payment.status {
+        PaymentStatus::Pending => StatusCode::ACCEPTED,
+        _ => StatusCode::CREATED,
+    };
+    Ok(respond(status, &payment, payment.channel.as_deref()))
 }
 
 /// The one log line per payment, and `paygate_payments_total` for its final state.
-fn record_payment(scope: &Scope, snapshot: &crate::gateway::Snapshot, id: &str) {
-    let Some(payment) = scope.gateway.store.get(id) else {
-        return;
-    };
+fn record_payment(scope: &Scope, snapshot: &crate::gateway::Snapshot, payment: &Payment) {
     tracing::info!(
         request_id = %scope.request_id,
         payment = %payment.id,
@@ -275,44 +285,37 @@ fn assess_risk(
         })
 }
 
-/// The answer once the attempts are over: the final status, or why there is none.
-fn conclude(
+/// Sets the final status when no attempt gave one; the error to answer with, if any.
+fn settle(
     scope: &Scope,
     id: &str,
     finished: Option<Attempt>,
     last_decline: Option<Attempt>,
-) -> Result<HttpResponse, ApiError> {
-    let store = &scope.gateway.store;
-    if finished.is_none() {
-        let tried_any = store.get(id).is_some_and(|p| !p.attempts.is_empty());
-        if let Some(decline) = last_decline {
-            // Every channel that answered refused the card, if retryably: that is the answer.
-            store.update(id, &mut |p| {
-                p.status = PaymentStatus::Declined;
-                p.channel = Some(decline.channel.clone());
-                p.psp_reference = decline.psp_reference.clone();
-                p.decline_code = decline.decline_code.clone();
-            });
-        } else {
-            store.update(id, &mut |p| p.status = PaymentStatus::Failed);
-            let payment_id = id.to_string();
-            return Err(if Instant::now() >= scope.deadline || !tried_any {
-                ApiError::DeadlineExceeded {
-                    payment_id: Some(payment_id),
-                }
-            } else {
-                ApiError::AllChannelsFailed { payment_id }
-            });
-        }
+    tried_any: bool,
+) -> Option<ApiError> {
+    if finished.is_some() {
+        return None;
     }
-    let payment = store
-        .get(id)
-        .ok_or_else(|| ApiError::NotFound(format!("payment {id} vanished from the store")))?;
-    let status = match payment.status {
-        PaymentStatus::Pending => StatusCode::ACCEPTED,
-        _ => StatusCode::CREATED,
-    };
-    Ok(respond(status, &payment, payment.channel.as_deref()))
+    let store = &scope.gateway.store;
+    if let Some(decline) = last_decline {
+        // Every channel that answered refused the card, if retryably: that is the answer.
+        store.update(id, &mut |p| {
+            p.status = PaymentStatus::Declined;
+            p.channel = Some(decline.channel.clone());
+            p.psp_reference = decline.psp_reference.clone();
+            p.decline_code = decline.decline_code.clone();
+        });
+        return None;
+    }
+    store.update(id, &mut |p| p.status = PaymentStatus::Failed);
+    let payment_id = id.to_string();
+    Some(if Instant::now() >= scope.deadline || !tried_any {
+        ApiError::DeadlineExceeded {
+            payment_id: Some(payment_id),
+        }
+    } else {
+        ApiError::AllChannelsFailed { payment_id }
+    })
 }
 
 pub fn get(scope: &Scope, id: &str) -> Result<HttpResponse, ApiError> {
