@@ -7,7 +7,13 @@ use super::{Durable, Payment, PaymentStatus, PaymentStore, StoreError};
 
 #[derive(Default)]
 pub struct MemoryStore {
-    payments: DashMap<String, Payment>,
+    payments: DashMap<String, Held>,
+}
+
+struct Held {
+    payment: Payment,
+    /// The version a journal last committed, if any (unused without a journal).
+    journaled: Option<u64>,
 }
 
 impl MemoryStore {
@@ -15,15 +21,39 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Forgets `id` when it is still at `version`, settled (not pending) and has no capture or
-    /// refund under way: the journal holds it and will answer for it.
-    pub fn evict_settled(&self, id: &str, version: u64) {
-        self.payments.remove_if(id, |_, p| {
+    /// The payment's latest state when a journal has not committed it yet.
+    pub fn unjournaled(&self, id: &str) -> Option<Payment> {
+        let held = self.payments.get(id)?;
+        (held.journaled != Some(held.payment.version)).then(|| held.payment.clone())
+    }
+
+    /// Notes that a journal committed `id` at `version`, and forgets the payment when it is
+    /// still at that version, settled (not pending) and has no capture or refund under way:
+    /// the journal holds it and will answer for it.
+    pub fn journaled(&self, id: &str, version: u64) {
+        let settled = self.payments.remove_if(id, |_, held| {
+            let p = &held.payment;
             p.version == version
                 && p.status != PaymentStatus::Pending
                 && p.capture_in_flight == 0
                 && p.refund_in_flight == 0
         });
+        if settled.is_none()
+            && let Some(mut held) = self.payments.get_mut(id)
+            && held.journaled.is_none_or(|v| v < version)
+        {
+            held.journaled = Some(version);
+        }
+    }
+
+    /// Takes back a payment read from a journal, as committed; a copy already held wins.
+    pub fn adopt(&self, payment: Payment) {
+        self.payments
+            .entry(payment.id.clone())
+            .or_insert_with(|| Held {
+                journaled: Some(payment.version),
+                payment,
+            });
     }
 
     pub fn len(&self) -> usize {
@@ -37,19 +67,23 @@ impl MemoryStore {
 
 impl PaymentStore for MemoryStore {
     fn insert(&self, payment: Payment) -> Result<(), StoreError> {
-        self.payments.insert(payment.id.clone(), payment);
+        let held = Held {
+            payment,
+            journaled: None,
+        };
+        self.payments.insert(held.payment.id.clone(), held);
         Ok(())
     }
 
     fn get(&self, id: &str) -> Option<Payment> {
-        self.payments.get(id).map(|p| p.clone())
+        self.payments.get(id).map(|held| held.payment.clone())
     }
 
     fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool {
         match self.payments.get_mut(id) {
-            Some(mut payment) => {
-                change(&mut payment);
-                payment.version += 1;
+            Some(mut held) => {
+                change(&mut held.payment);
+                held.payment.version += 1;
                 true
             }
             None => false,
@@ -63,8 +97,8 @@ impl PaymentStore for MemoryStore {
     fn pending(&self) -> Vec<Payment> {
         self.payments
             .iter()
-            .filter(|p| p.status == PaymentStatus::Pending)
-            .map(|p| p.clone())
+            .filter(|held| held.payment.status == PaymentStatus::Pending)
+            .map(|held| held.payment.clone())
             .collect()
     }
 }
