@@ -18,6 +18,7 @@ use paygate::config::Config;
 use paygate::gateway::Gateway;
 use paygate::layers::{Authenticate, CheckLayer, IdempotencyLayer, RateLimit};
 use paygate::store::MemoryStore;
+use paygate::store::idempotency::MemoryIdempotency;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const ROUTES: &str = r#"
@@ -56,7 +57,13 @@ fn bench_safety(c: &mut Criterion) {
     let gateway = {
         let _guard = runtime.enter();
         Arc::new(
-            Gateway::new(config, HashMap::new(), Arc::new(MemoryStore::new())).expect("gateway"),
+            Gateway::new(
+                config,
+                HashMap::new(),
+                Arc::new(MemoryStore::new()),
+                Arc::new(MemoryIdempotency::new()),
+            )
+            .expect("gateway"),
         )
     };
     let api = tower::service_fn(|_: Request<Bytes>| async {

@@ -21,7 +21,7 @@ use crate::limits::Limits;
 use crate::metrics::{ConfigMetrics, Metrics};
 use crate::risk::RiskState;
 use crate::routing::{ChannelScore, Clock, Router};
-use crate::store::idempotency::{IdempotencyStore, MemoryIdempotency};
+use crate::store::idempotency::IdempotencyStore;
 use crate::store::{PaymentStore, now_ms};
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -82,6 +82,7 @@ impl Gateway {
         config: Config,
         simulators: HashMap<String, SocketAddr>,
         store: Arc<dyn PaymentStore>,
+        idempotency: Arc<dyn IdempotencyStore>,
     ) -> Result<Self, UpstreamError> {
         let router = Router::new(Clock::real());
         let metrics = Metrics::new();
@@ -93,7 +94,7 @@ impl Gateway {
             limits: Limits::new(),
             risk: RiskState::new(),
             store,
-            idempotency: Arc::new(MemoryIdempotency::new()),
+            idempotency,
             metrics,
             audit: Audit::new(),
             in_flight: AtomicUsize::new(0),

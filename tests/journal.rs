@@ -96,6 +96,61 @@ async fn payments_and_follow_up_routing_survive_a_restart() {
     );
 }
 
+/// `POST /v1/payments` with an `Idempotency-Key`.
+async fn pay_keyed(gateway: &Process, key: &str, body: &Value) -> Answer {
+    let auth = format!("Bearer {KEY}");
+    send(
+        Method::POST,
+        &format!("{}/v1/payments", gateway.base),
+        &[("authorization", &auth), ("idempotency-key", key)],
+        &body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn idempotency_keys_survive_a_restart() {
+    let a = Process::mock_psp(&["--name", "a"]).await;
+    let text = routes(&[("a", &a)], "");
+    let mut first = Process::gateway(&text).await;
+    let body = card_payment(2_500, "EUR");
+    let original = pay_keyed(&first, "order-restart-1", &body).await;
+    assert_eq!(original.status, StatusCode::CREATED);
+    let routes_file = first.routes.clone();
+    first.signal("TERM");
+    assert_eq!(first.exit_code(Duration::from_secs(20)).await, Some(0));
+
+    let second = Process::gateway_in(&routes_file).await;
+    let replay = pay_keyed(&second, "order-restart-1", &body).await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert_eq!(replay.header("idempotent-replayed"), "true");
+    assert_eq!(
+        replay.json, original.json,
+        "the first answer, byte for byte"
+    );
+    let other = pay_keyed(&second, "order-restart-1", &card_payment(9_900, "EUR")).await;
+    assert_eq!(other.status, StatusCode::CONFLICT);
+    assert_eq!(other.error_type(), "idempotency_conflict");
+    let fresh = pay_keyed(&second, "order-restart-2", &body).await;
+    assert_eq!(fresh.status, StatusCode::CREATED);
+    assert_eq!(
+        a.stats().await["payments"],
+        2,
+        "the PSP charged each key once"
+    );
+    // The second key's record is queued after its answer: give the writer a moment.
+    let journal = routes_file.parent().unwrap().join("paygate.db");
+    let mut held = String::new();
+    for _ in 0..50 {
+        held = journal_rows(&journal, "SELECT COUNT(*) FROM idempotency")[0][0].clone();
+        if held == "Integer(2)" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, "Integer(2)");
+}
+
 #[tokio::test]
 async fn kill_9_under_load_loses_no_acknowledged_payment() {
     let sim = Process::mock_psp(&["--name", "psp"]).await;

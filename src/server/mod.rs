@@ -72,9 +72,9 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         )?),
         None => None,
     };
-    let journal = JournalStore::open(&config.journal)?;
+    let journal = Arc::new(JournalStore::open(&config.journal)?);
     tracing::info!(journal = %journal.path().display(), "journal open");
-    let gateway = Arc::new(Gateway::new(config, simulators, Arc::new(journal))?);
+    let gateway = Arc::new(Gateway::new(config, simulators, journal.clone(), journal)?);
     let merchant = bind(server.listen).await?;
     let admin = bind(server.admin_listen).await?;
     let watching = watch_routes(&gateway);

@@ -50,6 +50,10 @@ impl Scope {
     pub fn new(merchant: &str, key: &str) -> Self {
         Self(format!("{}:{merchant}{key}", merchant.len()))
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 pub trait IdempotencyStore: Send + Sync + 'static {
@@ -68,7 +72,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         now: Instant,
         settings: &Settings,
     );
-    /// Drops expired records; returns how many.
+    /// Drops expired records; returns how many it dropped now (a store may drop them later).
     fn sweep(&self, now: Instant) -> usize;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {

@@ -20,8 +20,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::idempotency::{Begin, IdempotencyStore, Scope, StoredResponse};
+use super::keys::{Committed, JournalKeys, KeyRecord};
 use super::{Durable, MemoryStore, Payment, PaymentStatus, PaymentStore, StoreError, now_ms};
-use crate::config::{Journal, JournalSync};
+use crate::config::{Idempotency, Journal, JournalSync};
 
 const SCHEMA: &str = include_str!("journal.sql");
 /// Records per transaction at most: large enough to amortise the commit, small enough that a
@@ -51,12 +53,16 @@ enum Write {
         channel: Option<String>,
         detail: String,
     },
+    Key(Scope, KeyRecord),
+    /// Deletes idempotency records expired by then (ms since the Unix epoch).
+    SweepKeys(u64),
     /// Acknowledged once every write before it is committed.
     Barrier(oneshot::Sender<Result<(), StoreError>>),
 }
 
 pub struct JournalStore {
     memory: Arc<MemoryStore>,
+    keys: Arc<JournalKeys>,
     sender: Mutex<mpsc::Sender<Write>>,
     /// Writes queued and not yet committed.
     queued: Arc<AtomicUsize>,
@@ -83,17 +89,27 @@ impl JournalStore {
             .execute_batch(SCHEMA)
             .map_err(|e| fail(format!("cannot use it as a journal: {e}")))?;
         let reader = connect(&path).map_err(|e| fail(e.to_string()))?;
+        let keys =
+            Arc::new(JournalKeys::new(live_keys(&reader).map_err(|e| {
+                fail(format!("cannot read its idempotency keys: {e}"))
+            })?));
         let (sender, receiver) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         let memory = Arc::new(MemoryStore::new());
-        let (q, h, m) = (queued.clone(), healthy.clone(), memory.clone());
+        let shared = Shared {
+            queued: queued.clone(),
+            healthy: healthy.clone(),
+            memory: memory.clone(),
+            keys: keys.clone(),
+        };
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_forever(writer, receiver, q, h, m))
+            .spawn(move || write_forever(writer, receiver, shared))
             .map_err(|e| fail(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             memory,
+            keys,
             sender: Mutex::new(sender),
             queued,
             healthy,
@@ -136,6 +152,16 @@ impl JournalStore {
             .flatten();
         record.and_then(|r| serde_json::from_str(&r).ok())
     }
+}
+
+/// The idempotency records still valid: scope and expiry of each.
+fn live_keys(reader: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut query =
+        reader.prepare("SELECT scope, expires_at_ms FROM idempotency WHERE expires_at_ms > ?1")?;
+    let rows = query.query_map([now_ms() as i64], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+    })?;
+    rows.collect()
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -231,13 +257,88 @@ impl PaymentStore for JournalStore {
 /// The writer: takes what is queued (up to a batch), commits it in one transaction, then
 /// acknowledges the barriers. A failed commit is retried with the same batch until it
 /// succeeds; meanwhile new payments are refused.
-fn write_forever(
-    mut connection: Connection,
-    receiver: mpsc::Receiver<Write>,
+impl Committed for JournalStore {
+    fn committed(&self, scope: &Scope) -> Option<KeyRecord> {
+        let reader = self.reader.lock().ok()?;
+        let mut query = reader
+            .prepare_cached(
+                "SELECT request_hash, status, body, channel, expires_at_ms FROM idempotency
+                 WHERE scope = ?1",
+            )
+            .ok()?;
+        query
+            .query_row([scope.as_str()], |row| {
+                let hash: Vec<u8> = row.get(0)?;
+                Ok(KeyRecord {
+                    request_hash: hash.try_into().unwrap_or([0; 32]),
+                    answer: StoredResponse {
+                        status: row.get(1)?,
+                        body: row.get::<_, Vec<u8>>(2)?.into(),
+                        channel: row.get(3)?,
+                    },
+                    expires_at_ms: row.get::<_, i64>(4)? as u64,
+                })
+            })
+            .optional()
+            .ok()
+            .flatten()
+    }
+}
+
+/// Idempotency records in the journal: see `keys.rs`. `max_keys` bounds the records held in
+/// memory (in flight, or answered and not yet committed); the journal keeps the rest until
+/// they expire.
+impl IdempotencyStore for JournalStore {
+    fn begin(
+        &self,
+        scope: &Scope,
+        request_hash: [u8; 32],
+        _now: std::time::Instant,
+        settings: &Idempotency,
+    ) -> Begin {
+        self.keys
+            .begin(scope, request_hash, now_ms(), settings.max_keys, self)
+    }
+
+    fn finish(
+        &self,
+        scope: &Scope,
+        answer: Option<StoredResponse>,
+        _now: std::time::Instant,
+        settings: &Idempotency,
+    ) {
+        let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
+        if let Some(record) = self.keys.finish(scope, answer, expires_at_ms) {
+            self.enqueue(Write::Key(scope.clone(), record));
+        }
+    }
+
+    /// Deleting is the writer's job: this queues it and reports none dropped yet.
+    fn sweep(&self, _now: std::time::Instant) -> usize {
+        self.enqueue(Write::SweepKeys(now_ms()));
+        0
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// What the writer shares with the store.
+struct Shared {
     queued: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     memory: Arc<MemoryStore>,
-) {
+    keys: Arc<JournalKeys>,
+}
+
+fn write_forever(mut connection: Connection, receiver: mpsc::Receiver<Write>, shared: Shared) {
+    let Shared {
+        queued,
+        healthy,
+        memory,
+        keys,
+    } = shared;
     let mut last_commit = std::time::Instant::now();
     while let Ok(first) = receiver.recv() {
         // Group commit: under load, let a batch gather for a moment rather than commit a few
@@ -253,7 +354,7 @@ fn write_forever(
                 Err(_) => break,
             }
         }
-        let committed = loop {
+        let (committed, swept) = loop {
             match commit(&mut connection, &batch, &memory) {
                 Ok(committed) => {
                     healthy.store(true, Ordering::Release);
@@ -272,19 +373,26 @@ fn write_forever(
             memory.journaled(&id, version);
         }
         for write in batch {
-            if let Write::Barrier(ack) = write {
-                let _ = ack.send(Ok(()));
+            match write {
+                Write::Key(scope, _) => keys.committed(&scope),
+                Write::SweepKeys(now_ms) => keys.swept(swept, now_ms),
+                Write::Barrier(ack) => {
+                    let _ = ack.send(Ok(()));
+                }
+                Write::Payment(_) | Write::Event { .. } => {}
             }
         }
     }
 }
 
-/// Commits one batch; returns the payments written, with the version each was written at.
+/// Commits one batch; returns the payments written, with the version each was written at,
+/// and how many expired idempotency records were deleted.
 fn commit(
     connection: &mut Connection,
     batch: &[Write],
     memory: &MemoryStore,
-) -> rusqlite::Result<Vec<(String, u64)>> {
+) -> rusqlite::Result<(Vec<(String, u64)>, usize)> {
+    let mut swept = 0;
     let transaction = connection.transaction()?;
     let mut written: Vec<(String, u64)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -304,6 +412,10 @@ fn commit(
             "INSERT OR IGNORE INTO attempts (payment_id, number, merchant, channel, outcome,
                 decline_code, latency_ms, amount, currency, method, country, failover, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut key_row = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency (scope, request_hash, status, body, channel, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut event_row = transaction.prepare_cached(
             "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -366,12 +478,28 @@ fn commit(
                 } => {
                     event_row.execute(params![*at_ms as i64, kind, channel, detail])?;
                 }
+                Write::Key(scope, record) => {
+                    key_row.execute(params![
+                        scope.as_str(),
+                        &record.request_hash[..],
+                        record.answer.status,
+                        &record.answer.body[..],
+                        record.answer.channel,
+                        record.expires_at_ms as i64,
+                    ])?;
+                }
+                Write::SweepKeys(now_ms) => {
+                    swept += transaction.execute(
+                        "DELETE FROM idempotency WHERE expires_at_ms <= ?1",
+                        [*now_ms as i64],
+                    )?;
+                }
                 Write::Barrier(_) => {}
             }
         }
     }
     transaction.commit()?;
-    Ok(written)
+    Ok((written, swept))
 }
 
 fn status_text(status: PaymentStatus) -> &'static str {

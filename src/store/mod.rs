@@ -8,6 +8,7 @@
 
 pub mod idempotency;
 pub mod journal;
+mod keys;
 mod memory;
 
 use std::future::Future;
