@@ -8,7 +8,7 @@
 //! without touching the disk; a key it may have seen is looked up in the journal. This module
 //! owns those two structures; reading and writing the journal stays in `journal.rs`.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
