@@ -197,10 +197,8 @@ impl Generation {
 
     fn probes(key: &str) -> impl Iterator<Item = (usize, u64)> {
         // Double hashing (Kirsch and Mitzenmacher) from one SipHash of the key.
-        let mut hasher =
-            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().build_hasher();
-        key.hash(&mut hasher);
-        let first = hasher.finish();
+        let first =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key);
         let second = first.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..PROBES).map(move |i| {
             let bit = first.wrapping_add(i.wrapping_mul(second)) % GENERATION_BITS as u64;
