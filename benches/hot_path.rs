@@ -9,12 +9,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use paygate::config::{Config, Idempotency};
+use paygate::config::{Config, Idempotency, Journal, JournalSync};
 use paygate::metrics::Metrics;
 use paygate::routing::{Clock, Observation, PaymentFacts, Router, decide, segment_key};
 use paygate::store::idempotency::{
     Begin, IdempotencyStore, MemoryIdempotency, Scope, StoredResponse,
 };
+use paygate::store::{JournalStore, PaymentStore};
 use paygate::store::{Outcome, PaymentStatus};
 
 const BODY: &str = r#"{"amount":1999,"currency":"EUR","method":"card","country":"DE","reference":"order-8812-2026-11-25-0001","capture":true,"card":{"number":"4111111111111111","exp_month":12,"exp_year":2030,"cvc":"123","holder":"Jane Example"},"metadata":{"cart":"c-77120-0001","customer":"cus-000000001","channel":"web","campaign":"black-friday","note":"benchmark payload padded to about four hundred bytes......"}}"#;
@@ -124,6 +125,58 @@ fn idempotency(c: &mut Criterion) {
     });
 }
 
+/// The store `paygate serve` uses: records in the journal, a Bloom filter in front.
+fn journal_idempotency(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("paygate-bench-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let store = JournalStore::open(&Journal {
+        path: dir.join("journal.db"),
+        sync: JournalSync::Batch,
+        queue: 2_000_000,
+    })
+    .expect("journal");
+    let settings = Idempotency::default();
+    let now = Instant::now();
+    let answer = StoredResponse {
+        status: 201,
+        body: bytes::Bytes::from_static(b"{\"id\":\"pay_1\"}"),
+        channel: Some("psp_0".into()),
+    };
+    for n in 0..1_000_000u64 {
+        let scope = Scope::new("demo", &format!("order-{n}"));
+        let _ = store.begin(&scope, [7; 32], now, &settings);
+        store.finish(&scope, Some(answer.clone()), now, &settings);
+    }
+    // Wait until the writer has committed them all (memory then holds none).
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(store.durable("barrier"))
+        .expect("committed");
+    assert_eq!(store.len(), 1_000_000);
+    let mut n = 0u64;
+    c.bench_function("journal_idempotency_replay_1m_keys", |b| {
+        b.iter(|| {
+            n = (n + 7_919) % 1_000_000;
+            let scope = Scope::new("demo", &format!("order-{n}"));
+            let found = store.begin(&scope, [7; 32], now, &settings);
+            assert!(matches!(found, Begin::Replay(_)));
+            black_box(found)
+        })
+    });
+    c.bench_function("journal_idempotency_new_key_1m_keys", |b| {
+        b.iter(|| {
+            n += 1;
+            let scope = Scope::new("demo", &format!("new-{n}"));
+            let found = store.begin(&scope, [7; 32], now, &settings);
+            assert!(matches!(found, Begin::Proceed));
+            store.finish(&scope, None, now, &settings);
+            black_box(found)
+        })
+    });
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn parse(c: &mut Criterion) {
     c.bench_function("parse_400_byte_payment", |b| {
         b.iter(|| {
@@ -134,5 +187,12 @@ fn parse(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision, metrics, idempotency, parse);
+criterion_group!(
+    benches,
+    decision,
+    metrics,
+    idempotency,
+    journal_idempotency,
+    parse
+);
 criterion_main!(benches);
