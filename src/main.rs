@@ -83,7 +83,15 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run<E: std::fmt::Display>(task: impl Future<Output = Result<(), E>>) -> ExitCode {
+    // One worker per core the process may run on (cgroup and affinity limits included), not
+    // a guess; TOKIO_WORKER_THREADS still overrides it.
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

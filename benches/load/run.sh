@@ -15,6 +15,8 @@ REPEATS=${REPEATS:-3}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-$CORES}
 RATE=${RATE:-}                 # fixed rate; default: half of nginx's calibrated maximum
+LOW_RATE=${LOW_RATE:-5000}     # a second fixed rate, one every target sustains
+LOW_DURATION=${LOW_DURATION:-10}
 API_KEY=bench-key-$$
 OUT=${OUT:-$ROOT/benches/RESULTS.md}
 
@@ -128,11 +130,11 @@ url_of() {
   esac
 }
 
-# run_wrk target kind(closed|paced) seconds tag -> RESULT line
+# run_wrk target kind(closed|paced) seconds tag [rate] -> RESULT line
 run_wrk() {
   local url path rate=0 script=$TMP/closed.lua
   url=$(url_of "$1"); path=/${url#http://*/}
-  if [ "$2" = paced ]; then rate=$RATE; script=$TMP/paced.lua; fi
+  if [ "$2" = paced ]; then rate=${5:-$RATE}; script=$TMP/paced.lua; fi
   wrk -t "$THREADS" -c "$CONNS" -d "${3}s" --timeout 5s -s "$script" "$url" \
     -- "$path" "$rate" "$THREADS" "$TMP/body.json" "$4" "$API_KEY" > "$TMP/wrk-$4.out" 2>&1 || true
   grep -m1 '^RESULT' "$TMP/wrk-$4.out" || { log "wrk failed:"; cat "$TMP/wrk-$4.out" >&2; echo "RESULT requests=0"; }
@@ -164,7 +166,7 @@ fi
 
 # --- rounds ---------------------------------------------------------------------------------
 RAW=$TMP/raw.tsv
-printf 'round\ttarget\trps\tthr_errors\tlat_rate\tp50_us\tp99_us\tp999_us\tlat_errors\trss_kib\tpg_statuses\n' > "$RAW"
+printf 'round\ttarget\trps\tthr_errors\tlat_rate\tp50_us\tp99_us\tp999_us\tlat_errors\trss_kib\tpg_statuses\tlow_p50_us\tlow_p99_us\tlow_p999_us\tlow_rate\tlow_errors\n' > "$RAW"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq "$REPEATS"); do
   for t in direct paygate nginx haproxy; do
@@ -176,17 +178,22 @@ for round in $(seq "$REPEATS"); do
     thr=$(run_wrk "$t" closed "$DURATION" "r$round-$t-thr")
     sim_reset
     lat=$(run_wrk "$t" paced "$LAT_DURATION" "r$round-$t-lat")
+    sim_reset
+    low=$(run_wrk "$t" paced "$LOW_DURATION" "r$round-$t-low" "$LOW_RATE")
     terr=$(( $(field "$thr" err_connect) + $(field "$thr" err_read) + $(field "$thr" err_write) + $(field "$thr" err_timeout) + $(field "$thr" non2xx) ))
     lerr=$(( $(field "$lat" err_connect) + $(field "$lat" err_read) + $(field "$lat" err_write) + $(field "$lat" err_timeout) + $(field "$lat" non2xx) ))
     lrate=$(awk -v n="$(field "$lat" requests)" -v d="$(field "$lat" duration_us)" 'BEGIN{printf "%.0f", n/(d/1e6)}')
+    lowerr=$(( $(field "$low" err_connect) + $(field "$low" err_read) + $(field "$low" err_write) + $(field "$low" err_timeout) + $(field "$low" non2xx) ))
+    lowrate=$(awk -v n="$(field "$low" requests)" -v d="$(field "$low" duration_us)" 'BEGIN{printf "%.0f", n/(d/1e6)}')
     if [ "$t" = paygate ]; then
       rss=$(awk '/VmHWM/{print $2}' "/proc/$PG_PID/status")
       statuses=$(curl -s "$PG_ADMIN/metrics" | awk '/^paygate_http_requests_total/ {match($0,/status="[0-9]+"/); s=substr($0,RSTART+8,3); c[s]+=$NF} END{for(k in c) if (c[k]>0) printf "%s:%d ", k, c[k]}')
       stop_paygate
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$(field "$thr" rps)" "$terr" "$lrate" \
-      "$(field "$lat" p50_us)" "$(field "$lat" p99_us)" "$(field "$lat" p999_us)" "$lerr" "$rss" "${statuses% }" >> "$RAW"
-    log "round $round $t: $(field "$thr" rps) req/s (errors $terr); at $lrate req/s p50 $(field "$lat" p50_us) us p99 $(field "$lat" p99_us) us p99.9 $(field "$lat" p999_us) us (errors $lerr) rss ${rss} KiB"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$(field "$thr" rps)" "$terr" "$lrate" \
+      "$(field "$lat" p50_us)" "$(field "$lat" p99_us)" "$(field "$lat" p999_us)" "$lerr" "$rss" "${statuses% }" \
+      "$(field "$low" p50_us)" "$(field "$low" p99_us)" "$(field "$low" p999_us)" "$lowrate" "$lowerr" >> "$RAW"
+    log "round $round $t: $(field "$thr" rps) req/s (errors $terr); at $lrate req/s p50 $(field "$lat" p50_us) us p99 $(field "$lat" p99_us) us p99.9 $(field "$lat" p999_us) us (errors $lerr); at $lowrate req/s p99 $(field "$low" p99_us) us (errors $lowerr) rss ${rss} KiB"
   done
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -197,10 +204,10 @@ med() { # target column -> median over rounds
 }
 declare -A M
 for t in direct paygate nginx haproxy; do
-  for c in 3 5 6 7 8; do M[$t,$c]=$(med "$t" "$c"); done
+  for c in 3 5 6 7 8 12 13 14 15; do M[$t,$c]=$(med "$t" "$c"); done
 done
 sum_col() { awk -F'\t' -v t="$1" -v c="$2" 'NR>1 && $2==t {s+=$c} END{print s+0}' "$RAW"; }
-PG_ERR=$(( $(sum_col paygate 4) + $(sum_col paygate 9) ))
+PG_ERR=$(( $(sum_col paygate 4) + $(sum_col paygate 9) + $(sum_col paygate 16) ))
 PG_RSS=$(awk -F'\t' 'NR>1 && $2=="paygate" && $10>m {m=$10} END{print m+0}' "$RAW")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 ms() { awk -v u="$1" 'BEGIN{printf "%.3f", u/1000}'; }
@@ -213,6 +220,8 @@ b3=$(awk -v p="${M[paygate,8]}" -v n="${M[nginx,8]}" 'BEGIN{print (p <= 2*n)?1:0
 sustained=$(awk -v a="${M[paygate,5]}" -v r="$RATE" 'BEGIN{print (a >= 0.95*r)?1:0}')
 why=""
 if [ "$sustained" = 0 ]; then b2=0; b3=0; why=" (paygate sustained only ${M[paygate,5]} of $RATE req/s, so it has no latency at that rate; the figures are at saturation)"; fi
+l2=$(awk -v p="${M[paygate,13]}" -v n="${M[nginx,13]}" 'BEGIN{print (p <= n+1000)?1:0}')
+l3=$(awk -v p="${M[paygate,14]}" -v n="${M[nginx,14]}" 'BEGIN{print (p <= 2*n)?1:0}')
 b4=$(awk -v r="$PG_RSS" 'BEGIN{print (r < 65536)?1:0}')
 b5=$([ "$PG_ERR" -eq 0 ] && echo 1 || echo 0)
 
@@ -246,6 +255,16 @@ b5=$([ "$PG_ERR" -eq 0 ] && echo 1 || echo 0)
     echo "Note: $t did not reach the fixed rate of $RATE req/s in its latency runs (it is above its closed-loop maximum), so its latency figures are those of a saturated server with all $CONNS connections busy; wrk measures from the actual send, so queueing before the send (coordinated omission) is not included and the true figures at that rate are worse."
     echo
   done
+  echo "### Latency at $LOW_RATE req/s, a rate every target sustains"
+  echo
+  echo "A second paced run (${LOW_DURATION} s) per target and round, so that paygate's latency can be compared where it is not saturated."
+  echo
+  echo "| target | achieved req/s | p50 ms | p99 ms | p99.9 ms |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  for t in direct paygate nginx haproxy; do
+    echo "| $t | ${M[$t,15]} | $(ms "${M[$t,12]}") | $(ms "${M[$t,13]}") | $(ms "${M[$t,14]}") |"
+  done
+  echo
   echo "paygate peak RSS (VmHWM, highest of the rounds): $(awk -v k="$PG_RSS" 'BEGIN{printf "%.1f MiB", k/1024}')"
   echo
   echo "## Bars"
@@ -255,6 +274,8 @@ b5=$([ "$PG_ERR" -eq 0 ] && echo 1 || echo 0)
   echo "| paygate >= 0.9x nginx req/s | $(ratio "${M[paygate,3]}" "${M[nginx,3]}")x | $(verdict "$b1") |"
   echo "| paygate p99 <= nginx p99 + 1 ms | $(ms "${M[paygate,7]}") ms vs $(ms "${M[nginx,7]}") + 1 ms | $(verdict "$b2")$why |"
   echo "| paygate p99.9 <= 2x nginx p99.9 | $(ms "${M[paygate,8]}") ms vs 2 x $(ms "${M[nginx,8]}") ms | $(verdict "$b3")$why |"
+  echo "| (at $LOW_RATE req/s, not a bar) paygate p99 <= nginx p99 + 1 ms | $(ms "${M[paygate,13]}") ms vs $(ms "${M[nginx,13]}") + 1 ms | $(verdict "$l2") |"
+  echo "| (at $LOW_RATE req/s, not a bar) paygate p99.9 <= 2x nginx p99.9 | $(ms "${M[paygate,14]}") ms vs 2 x $(ms "${M[nginx,14]}") ms | $(verdict "$l3") |"
   echo "| paygate peak RSS < 64 MiB | $(awk -v k="$PG_RSS" 'BEGIN{printf "%.1f MiB", k/1024}') | $(verdict "$b4") |"
   echo "| no request errors in any paygate run | $PG_ERR errors | $(verdict "$b5") |"
   echo
@@ -262,9 +283,9 @@ b5=$([ "$PG_ERR" -eq 0 ] && echo 1 || echo 0)
   echo
   echo "Errors: connect/read/write errors, timeouts (5 s) and non-2xx answers as wrk counts them. paygate statuses: \`paygate_http_requests_total\` by status over the round (warm-up included)."
   echo
-  echo "| round | target | throughput req/s | errors | latency run req/s | p50 ms | p99 ms | p99.9 ms | errors | paygate VmHWM | paygate statuses |"
-  echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-  awk -F'\t' 'NR>1 {rss=($10=="-")?"-":sprintf("%.1f MiB",$10/1024); printf "| %s | %s | %s | %s | %s | %.3f | %.3f | %.3f | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6/1000,$7/1000,$8/1000,$9,rss,$11}' "$RAW"
+  echo "| round | target | throughput req/s | errors | latency run req/s | p50 ms | p99 ms | p99.9 ms | errors | at $LOW_RATE/s: p50 ms | p99 ms | p99.9 ms | errors | paygate VmHWM | paygate statuses |"
+  echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+  awk -F'\t' 'NR>1 {rss=($10=="-")?"-":sprintf("%.1f MiB",$10/1024); printf "| %s | %s | %s | %s | %s | %.3f | %.3f | %.3f | %s | %.3f | %.3f | %.3f | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6/1000,$7/1000,$8/1000,$9,$12/1000,$13/1000,$14/1000,$16,rss,$11}' "$RAW"
 } > "$OUT"
 log "wrote $OUT"
 cat "$OUT"
