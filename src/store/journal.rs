@@ -32,6 +32,10 @@ const MAX_BATCH: usize = 512;
 /// Commits start at most this often: the cost of a commit (WAL frames, locks) is shared by
 /// every payment that arrives in the meantime, and a payment waits at most this much longer.
 const MIN_COMMIT_INTERVAL: Duration = Duration::from_micros(1000);
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// WAL size (4 KiB pages) past which the checkpointer makes the WAL start over.
+const WAL_LIMIT_PAGES: i64 = 32_768;
 /// Wait before retrying a batch that failed (disk full, I/O error).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(200);
 /// How long opening waits for a journal another process holds.
@@ -73,6 +77,8 @@ pub struct JournalStore {
     /// For payments of earlier runs.
     reader: Mutex<Connection>,
     path: PathBuf,
+    /// The checkpointer stops once the store is gone.
+    _alive: Arc<()>,
 }
 
 impl JournalStore {
@@ -88,6 +94,13 @@ impl JournalStore {
         writer
             .execute_batch(SCHEMA)
             .map_err(|e| fail(format!("cannot use it as a journal: {e}")))?;
+        // Checkpoints (copying the WAL into the database file, with its fsync) are the
+        // checkpointer's, never a commit's: a commit that checkpoints holds every payment
+        // waiting for it for tens of milliseconds.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| fail(e.to_string()))?;
+        let checkpointer = connect(&path).map_err(|e| fail(e.to_string()))?;
         let reader = connect(&path).map_err(|e| fail(e.to_string()))?;
         let keys =
             Arc::new(JournalKeys::new(live_keys(&reader).map_err(|e| {
@@ -107,6 +120,12 @@ impl JournalStore {
             .name("journal-writer".into())
             .spawn(move || write_forever(writer, receiver, shared))
             .map_err(|e| fail(format!("cannot start the writer: {e}")))?;
+        let alive = Arc::new(());
+        let token = Arc::downgrade(&alive);
+        std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || checkpoint_while(checkpointer, token))
+            .map_err(|e| fail(format!("cannot start the checkpointer: {e}")))?;
         Ok(Self {
             memory,
             keys,
@@ -117,6 +136,7 @@ impl JournalStore {
             sync: settings.sync,
             reader: Mutex::new(reader),
             path,
+            _alive: alive,
         })
     }
 
@@ -172,10 +192,28 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     // WAL + NORMAL: a commit survives a crash of paygate; only a power loss can lose the last
     // transactions.
     connection.pragma_update(None, "synchronous", "NORMAL")?;
-    // Checkpoint (copy the WAL into the database file) every 32 MiB of WAL rather than 4:
-    // pages rewritten in the meantime are copied once.
-    connection.pragma_update(None, "wal_autocheckpoint", 8192)?;
     Ok(connection)
+}
+
+/// Copies the WAL into the database file beside the writer, without blocking it (a passive
+/// checkpoint), every `CHECKPOINT_EVERY`. When commits keep it from ever catching up and the
+/// WAL passes `WAL_LIMIT_PAGES`, one checkpoint that waits for a gap between commits
+/// (`RESTART`) lets the WAL start over, so it stays bounded.
+fn checkpoint_while(connection: Connection, alive: std::sync::Weak<()>) {
+    while alive.strong_count() > 0 {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        let wal_pages = connection
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(1)
+            })
+            .unwrap_or(0);
+        if wal_pages > WAL_LIMIT_PAGES
+            && let Err(error) =
+                connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+        {
+            tracing::warn!(%error, wal_pages, "journal checkpoint failed; the WAL keeps growing");
+        }
+    }
 }
 
 impl PaymentStore for JournalStore {
@@ -628,6 +666,24 @@ mod tests {
         drop(reader);
         assert_eq!((rows, refunded), (1, 5));
         assert!(!store.update("pay_unknown", &mut |_| {}));
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_into_the_database_file() {
+        let dir = scratch();
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        for n in 0..50 {
+            store.insert(payment(&format!("pay_c{n}"))).unwrap();
+        }
+        store.durable("pay_c49").await.unwrap();
+        // Commits go to the WAL only (the writer never checkpoints); the database file
+        // receives them from the checkpointer.
+        let size = || std::fs::metadata(dir.join("journal.db")).map_or(0, |m| m.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while size() < 8 * 4096 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
+        assert!(size() >= 8 * 4096, "database file is {} bytes", size());
     }
 
     #[test]
