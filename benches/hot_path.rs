@@ -96,13 +96,8 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-fn idempotency(c: &mut Criterion) {
-    let store = MemoryIdempotency::new();
-    let settings = Idempotency {
-        max_keys: 2_000_000,
-        ..Idempotency::default()
-    };
-    let now = Instant::now();
+/// Records an answer for keys `order-0` to `order-999999` of merchant `demo`.
+fn answer_keys(store: &dyn IdempotencyStore, settings: &Idempotency, now: Instant) {
     let answer = StoredResponse {
         status: 201,
         body: bytes::Bytes::from_static(b"{\"id\":\"pay_1\"}"),
@@ -110,19 +105,40 @@ fn idempotency(c: &mut Criterion) {
     };
     for n in 0..1_000_000u64 {
         let scope = Scope::new("demo", &format!("order-{n}"));
-        let _ = store.begin(&scope, [7; 32], now, &settings);
-        store.finish(&scope, Some(answer.clone()), now, &settings);
+        let _ = store.begin(&scope, [7; 32], now, settings);
+        store.finish(&scope, Some(answer.clone()), now, settings);
     }
+}
+
+/// Times a replay of the keys `answer_keys` recorded, spread over all of them.
+fn replay_keys(
+    c: &mut Criterion,
+    name: &str,
+    store: &dyn IdempotencyStore,
+    settings: &Idempotency,
+    now: Instant,
+) {
     let mut n = 0u64;
-    c.bench_function("idempotency_lookup_1m_keys", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             n = (n + 7_919) % 1_000_000;
             let scope = Scope::new("demo", &format!("order-{n}"));
-            let found = store.begin(&scope, [7; 32], now, &settings);
+            let found = store.begin(&scope, [7; 32], now, settings);
             assert!(matches!(found, Begin::Replay(_)));
             black_box(found)
         })
     });
+}
+
+fn idempotency(c: &mut Criterion) {
+    let store = MemoryIdempotency::new();
+    let settings = Idempotency {
+        max_keys: 2_000_000,
+        ..Idempotency::default()
+    };
+    let now = Instant::now();
+    answer_keys(&store, &settings, now);
+    replay_keys(c, "idempotency_lookup_1m_keys", &store, &settings, now);
 }
 
 /// The store `paygate serve` uses: records in the journal, a Bloom filter in front.
@@ -137,32 +153,21 @@ fn journal_idempotency(c: &mut Criterion) {
     .expect("journal");
     let settings = Idempotency::default();
     let now = Instant::now();
-    let answer = StoredResponse {
-        status: 201,
-        body: bytes::Bytes::from_static(b"{\"id\":\"pay_1\"}"),
-        channel: Some("psp_0".into()),
-    };
-    for n in 0..1_000_000u64 {
-        let scope = Scope::new("demo", &format!("order-{n}"));
-        let _ = store.begin(&scope, [7; 32], now, &settings);
-        store.finish(&scope, Some(answer.clone()), now, &settings);
-    }
+    answer_keys(&store, &settings, now);
     // Wait until the writer has committed them all (memory then holds none).
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime
         .block_on(store.durable("barrier"))
         .expect("committed");
     assert_eq!(store.len(), 1_000_000);
+    replay_keys(
+        c,
+        "journal_idempotency_replay_1m_keys",
+        &store,
+        &settings,
+        now,
+    );
     let mut n = 0u64;
-    c.bench_function("journal_idempotency_replay_1m_keys", |b| {
-        b.iter(|| {
-            n = (n + 7_919) % 1_000_000;
-            let scope = Scope::new("demo", &format!("order-{n}"));
-            let found = store.begin(&scope, [7; 32], now, &settings);
-            assert!(matches!(found, Begin::Replay(_)));
-            black_box(found)
-        })
-    });
     c.bench_function("journal_idempotency_new_key_1m_keys", |b| {
         b.iter(|| {
             n += 1;
