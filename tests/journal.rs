@@ -152,6 +152,30 @@ async fn idempotency_keys_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn an_answered_key_survives_kill_9_right_after_the_answer() {
+    let a = Process::mock_psp(&["--name", "a"]).await;
+    let text = routes(&[("a", &a)], "");
+    let mut first = Process::gateway(&text).await;
+    let body = card_payment(1_500, "EUR");
+    let mut answers = Vec::new();
+    for n in 0..5 {
+        answers.push(pay_keyed(&first, &format!("order-kill-{n}"), &body).await);
+    }
+    // No grace: the process dies the moment the last answer is read.
+    first.signal("KILL");
+    let _ = first.exit_code(Duration::from_secs(10)).await;
+    let routes_file = first.routes.clone();
+    let second = Process::gateway_in(&routes_file).await;
+    for (n, original) in answers.iter().enumerate() {
+        assert_eq!(original.status, StatusCode::CREATED);
+        let replay = pay_keyed(&second, &format!("order-kill-{n}"), &body).await;
+        assert_eq!(replay.status, StatusCode::OK, "key {n} after kill -9");
+        assert_eq!(replay.json, original.json);
+    }
+    assert_eq!(a.stats().await["payments"], 5, "no retry charged again");
+}
+
+#[tokio::test]
 async fn kill_9_under_load_loses_no_acknowledged_payment() {
     let sim = Process::mock_psp(&["--name", "psp"]).await;
     let gateway = Arc::new(

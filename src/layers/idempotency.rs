@@ -25,6 +25,8 @@ use crate::gateway::Gateway;
 use crate::store::idempotency::{Begin, Scope, StoredResponse};
 
 const HEADER: &str = "idempotency-key";
+/// How long an answer waits for its idempotency record to be durable.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The contract's bound on key length.
 const MAX_KEY_LEN: usize = 255;
 
@@ -201,6 +203,7 @@ where
     S::Future: Send + 'static,
 {
     let request_id = RequestId::of(&request);
+    let request_id_for_log = request_id.clone();
     let task = tokio::spawn(async move {
         let Ok(response) = inner.call(request).await;
         let Some(scope) = scope else {
@@ -208,9 +211,19 @@ where
         };
         let settings = gateway.snapshot().config.idempotency.clone();
         let (response, stored) = keep(response).await;
+        let answered = stored.is_some();
         gateway
             .idempotency
             .finish(&scope, stored, Instant::now(), &settings);
+        // The answer leaves only once its record is as durable as the payment: a retry after
+        // a crash then replays it instead of charging again. A journal that cannot record it
+        // in time does not take back an answer whose payment is recorded.
+        if answered {
+            let flushed = tokio::time::timeout(FLUSH_WAIT, gateway.idempotency.flushed()).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::warn!(request_id = %request_id_for_log, "idempotency record not yet durable when answering");
+            }
+        }
         response
     });
     match task.await {

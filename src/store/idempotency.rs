@@ -72,6 +72,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         now: Instant,
         settings: &Settings,
     );
+    /// Resolves once every answer finished so far is as durable as the store promises (at
+    /// once for memory), so that a retry after a crash replays it rather than charging again.
+    fn flushed(&self) -> super::Durable {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// Drops expired records; returns how many it dropped now (a store may drop them later).
     fn sweep(&self, now: Instant) -> usize;
     fn len(&self) -> usize;

@@ -351,6 +351,10 @@ impl IdempotencyStore for JournalStore {
         }
     }
 
+    fn flushed(&self) -> Durable {
+        PaymentStore::durable(self, "")
+    }
+
     /// Deleting is the writer's job: this queues it and reports none dropped yet.
     fn sweep(&self, _now: std::time::Instant) -> usize {
         self.enqueue(Write::SweepKeys(now_ms()));
