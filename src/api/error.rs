@@ -147,6 +147,17 @@ impl ApiError {
 
 /// A JSON response; serializing our own types cannot fail, but if it ever did the client
 /// still gets a well-formed 500 rather than a dropped connection.
+/// A response whose JSON body is already encoded.
+pub fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let (status, bytes) = match serde_json::to_vec(body) {
         Ok(bytes) => (status, bytes),
@@ -155,11 +166,5 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full
             br#"{"error":{"type":"internal","message":"response could not be encoded","request_id":""}}"#.to_vec(),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_bytes_response(status, Bytes::from(bytes))
 }

@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{ApiError, Scope, respond};
+use super::{ApiError, Scope};
 use crate::layers::HttpResponse;
 use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus};
 use crate::upstream::{Call, CallContext};
@@ -102,6 +102,27 @@ pub async fn follow_up(
         decline_code: exchange.as_ref().and_then(|e| e.decline_code.clone()),
     };
     store.update(id, &mut |payment| settle(payment, &record));
+    let answer = if status == PaymentStatus::Failed {
+        Err(ApiError::AllChannelsFailed {
+            payment_id: id.to_string(),
+        })
+    } else {
+        let answer = Answer {
+            id: &record.id,
+            payment_id: id,
+            status,
+            amount: record.amount,
+            channel: &record.channel,
+            psp_reference: record.psp_reference.as_deref(),
+            decline_code: record.decline_code.as_deref(),
+        };
+        Ok(super::answer_recorded(
+            scope,
+            StatusCode::OK,
+            &answer,
+            Some(&record.channel),
+        ))
+    };
     let recorded = match tokio::time::timeout_at(
         super::journal_wait_until(scope.deadline).into(),
         store.durable(id),
@@ -118,21 +139,7 @@ pub async fn follow_up(
             "{e}: the {kind:?} of payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
         )));
     }
-    if status == PaymentStatus::Failed {
-        return Err(ApiError::AllChannelsFailed {
-            payment_id: id.to_string(),
-        });
-    }
-    let answer = Answer {
-        id: &record.id,
-        payment_id: id,
-        status,
-        amount: record.amount,
-        channel: &record.channel,
-        psp_reference: record.psp_reference.as_deref(),
-        decline_code: record.decline_code.as_deref(),
-    };
-    Ok(respond(StatusCode::OK, &answer, Some(&record.channel)))
+    answer
 }
 
 /// `{"amount": n}` or an empty body (the whole remaining amount).

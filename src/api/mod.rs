@@ -18,10 +18,12 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use tower::Service;
 
-pub use error::{ApiError, json_response};
+pub use error::{ApiError, json_bytes_response, json_response};
 
 use crate::gateway::Gateway;
-use crate::layers::{AuthenticatedMerchant, Deadline, HttpResponse, RequestId, ResponseFuture};
+use crate::layers::{
+    AuthenticatedMerchant, Deadline, HttpResponse, KeyScope, RequestId, ResponseFuture,
+};
 use crate::store::FollowUpKind;
 
 /// The merchant API as a tower service, behind the layers.
@@ -46,6 +48,8 @@ pub struct Scope {
     /// When the handler got the request.
     pub received: Instant,
     pub traceparent: Option<http::HeaderValue>,
+    /// The request's idempotency record, when it carries `Idempotency-Key`.
+    pub key: Option<crate::store::idempotency::Scope>,
 }
 
 /// The endpoints, by route template.
@@ -94,6 +98,7 @@ async fn handle(
         deadline,
         received: Instant::now(),
         traceparent: request.headers().get("traceparent").cloned(),
+        key: request.extensions().get::<KeyScope>().map(|k| k.0.clone()),
         gateway,
     };
     let body = request.into_body();
@@ -135,13 +140,42 @@ fn journal_wait_until(deadline: Instant) -> Instant {
     deadline.max(Instant::now() + JOURNAL_GRACE)
 }
 
+/// A success answer, recorded for the request's `Idempotency-Key` (if any) before the handler
+/// waits for the journal, so that the one commit the merchant waits for holds both the
+/// outcome and the answer to replay.
+fn answer_recorded(
+    scope: &Scope,
+    status: StatusCode,
+    body: &impl serde::Serialize,
+    channel: Option<&str>,
+) -> HttpResponse {
+    let (Some(key), Ok(bytes)) = (&scope.key, serde_json::to_vec(body)) else {
+        return respond(status, body, channel);
+    };
+    let bytes = bytes::Bytes::from(bytes);
+    let stored = crate::store::idempotency::StoredResponse {
+        status: status.as_u16(),
+        body: bytes.clone(),
+        channel: channel.map(str::to_string),
+    };
+    let settings = scope.gateway.snapshot().config.idempotency.clone();
+    scope
+        .gateway
+        .idempotency
+        .finish(key, Some(stored), Instant::now(), &settings);
+    with_channel(json_bytes_response(status, bytes), channel)
+}
+
 /// A response with a JSON body and the channel that answered, when there is one.
 fn respond(
     status: StatusCode,
     body: &impl serde::Serialize,
     channel: Option<&str>,
 ) -> HttpResponse {
-    let mut response = json_response(status, body);
+    with_channel(json_response(status, body), channel)
+}
+
+fn with_channel(mut response: HttpResponse, channel: Option<&str>) -> HttpResponse {
     if let Some(value) = channel.and_then(|c| http::HeaderValue::from_str(c).ok()) {
         response.headers_mut().insert("x-paygate-channel", value);
     }

@@ -200,7 +200,23 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
         .get(&id)
         .ok_or_else(|| ApiError::NotFound(format!("payment {id} vanished from the store")))?;
     record_payment(scope, &snapshot, &payment);
-    // With `journal.sync = "batch"` the answer waits for the journal to hold the outcome.
+    let answer = match failure {
+        Some(failure) => Err(failure),
+        None => {
+            let status = match payment.status {
+                PaymentStatus::Pending => StatusCode::ACCEPTED,
+                _ => StatusCode::CREATED,
+            };
+            Ok(super::answer_recorded(
+                scope,
+                status,
+                &payment,
+                payment.channel.as_deref(),
+            ))
+        }
+    };
+    // With `journal.sync = "batch"` the answer waits for the journal to hold the outcome (and
+    // the answer recorded for its idempotency key).
     let durable = scope.gateway.store.durable(&id);
     let recorded =
         match tokio::time::timeout_at(super::journal_wait_until(scope.deadline).into(), durable)
@@ -216,14 +232,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             "{e}: payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
         )));
     }
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
-    let status = match payment.status {
-        PaymentStatus::Pending => StatusCode::ACCEPTED,
-        _ => StatusCode::CREATED,
-    };
-    Ok(respond(status, &payment, payment.channel.as_deref()))
+    answer
 }
 
 /// The one log line per payment, and `paygate_payments_total` for its final state.

@@ -33,6 +33,11 @@ const MAX_KEY_LEN: usize = 255;
 #[derive(Clone)]
 pub struct IdempotencyLayer(pub Arc<Gateway>);
 
+/// The idempotency record of the request, for a handler that records its answer before it
+/// waits for the journal (see `api::answer_recorded`).
+#[derive(Debug, Clone)]
+pub struct KeyScope(pub Scope);
+
 impl<S> Layer<S> for IdempotencyLayer {
     type Service = IdempotencyService<S>;
     fn layer(&self, inner: S) -> Self::Service {
@@ -204,6 +209,10 @@ where
 {
     let request_id = RequestId::of(&request);
     let request_id_for_log = request_id.clone();
+    let mut request = request;
+    if let Some(scope) = &scope {
+        request.extensions_mut().insert(KeyScope(scope.clone()));
+    }
     let task = tokio::spawn(async move {
         let Ok(response) = inner.call(request).await;
         let Some(scope) = scope else {
@@ -211,14 +220,15 @@ where
         };
         let settings = gateway.snapshot().config.idempotency.clone();
         let (response, stored) = keep(response).await;
-        let answered = stored.is_some();
-        gateway
+        let recorded_here = gateway
             .idempotency
             .finish(&scope, stored, Instant::now(), &settings);
         // The answer leaves only once its record is as durable as the payment: a retry after
-        // a crash then replays it instead of charging again. A journal that cannot record it
-        // in time does not take back an answer whose payment is recorded.
-        if answered {
+        // a crash then replays it instead of charging again. Payment handlers record it before
+        // their own wait for the journal (one commit holds both); an answer recorded only here
+        // waits for its own. A journal that cannot record it in time does not take back an
+        // answer whose payment is recorded.
+        if recorded_here {
             let flushed = tokio::time::timeout(FLUSH_WAIT, gateway.idempotency.flushed()).await;
             if !matches!(flushed, Ok(Ok(()))) {
                 tracing::warn!(request_id = %request_id_for_log, "idempotency record not yet durable when answering");

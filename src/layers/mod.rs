@@ -28,7 +28,7 @@ pub use auth::{Authenticate, AuthenticatedMerchant, PeerCertificate};
 pub use body::{BodyLayer, read as read_body};
 pub use check::{Check, CheckLayer};
 pub use deadline::{Deadline, Deadlines};
-pub use idempotency::IdempotencyLayer;
+pub use idempotency::{IdempotencyLayer, KeyScope};
 pub use limits::SizeLimits;
 pub use metrics::MetricsLayer;
 pub use rate_limit::RateLimit;

@@ -64,14 +64,16 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         now: Instant,
         settings: &Settings,
     ) -> Begin;
-    /// Records the answer (`None`: the request failed and the key is free again).
+    /// Records the answer of the request in flight (`None`: it failed and the key is free
+    /// again). A key already answered keeps its first answer and is never freed. True when
+    /// this call recorded an answer.
     fn finish(
         &self,
         scope: &Scope,
         answer: Option<StoredResponse>,
         now: Instant,
         settings: &Settings,
-    );
+    ) -> bool;
     /// Resolves once every answer finished so far is as durable as the store promises (at
     /// once for memory), so that a retry after a crash replays it rather than charging again.
     fn flushed(&self) -> super::Durable {
@@ -165,21 +167,27 @@ impl IdempotencyStore for MemoryIdempotency {
         answer: Option<StoredResponse>,
         now: Instant,
         settings: &Settings,
-    ) {
+    ) -> bool {
         match answer {
             // Replacing the state drops the sender, which wakes every waiter.
-            Some(answer) => {
-                if let Some(mut record) = self.records.get_mut(scope) {
+            Some(answer) => match self.records.get_mut(scope) {
+                Some(mut record) if matches!(record.state, State::InFlight(_)) => {
                     record.state = State::Done {
                         answer,
                         expires: now + settings.ttl,
                     };
+                    true
                 }
-            }
+                _ => false,
+            },
             None => {
-                if self.records.remove(scope).is_some() {
+                let freed = self.records.remove_if(scope, |_, record| {
+                    matches!(record.state, State::InFlight(_))
+                });
+                if freed.is_some() {
                     self.count.fetch_sub(1, Ordering::Relaxed);
                 }
+                false
             }
         }
     }
@@ -242,7 +250,9 @@ mod tests {
             store.begin(&scope("k"), [2; 32], now, &s),
             Begin::Mismatch
         ));
-        store.finish(&scope("k"), Some(answer()), now, &s);
+        assert!(store.finish(&scope("k"), Some(answer()), now, &s));
+        // An answered key keeps its first answer and is never freed.
+        assert!(!store.finish(&scope("k"), None, now, &s));
         assert!(
             matches!(store.begin(&scope("k"), [1; 32], now, &s), Begin::Replay(a) if a == answer())
         );

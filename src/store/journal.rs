@@ -344,11 +344,14 @@ impl IdempotencyStore for JournalStore {
         answer: Option<StoredResponse>,
         _now: std::time::Instant,
         settings: &Idempotency,
-    ) {
+    ) -> bool {
         let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
-        if let Some(record) = self.keys.finish(scope, answer, expires_at_ms) {
+        let record = self.keys.finish(scope, answer, expires_at_ms);
+        let recorded = record.is_some();
+        if let Some(record) = record {
             self.enqueue(Write::Key(scope.clone(), record));
         }
+        recorded
     }
 
     fn flushed(&self) -> Durable {

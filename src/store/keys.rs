@@ -109,7 +109,8 @@ impl JournalKeys {
     }
 
     /// The first request finished: with an answer, the record to journal (the caller queues
-    /// it and calls `committed` once it is written); without, the key is free again.
+    /// it and calls `committed` once it is written); without, the key is free again. A key
+    /// already answered keeps its answer and is never freed.
     pub fn finish(
         &self,
         scope: &Scope,
@@ -117,7 +118,10 @@ impl JournalKeys {
         expires_at_ms: u64,
     ) -> Option<KeyRecord> {
         let Some(answer) = answer else {
-            if self.live.remove(scope).is_some() {
+            let freed = self
+                .live
+                .remove_if(scope, |_, live| matches!(live, Live::InFlight { .. }));
+            if freed.is_some() {
                 self.live_count.fetch_sub(1, Ordering::Relaxed);
             }
             return None;
@@ -305,6 +309,9 @@ mod tests {
             Begin::InFlight(_)
         ));
         let record = keys.finish(&scope, Some(answer()), 1_000).unwrap();
+        // Answered: a second answer or a failure later changes nothing.
+        assert_eq!(keys.finish(&scope, Some(answer()), 2_000), None);
+        assert_eq!(keys.finish(&scope, None, 2_000), None);
         assert!(
             matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Replay(a) if a == answer())
         );
