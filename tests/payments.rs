@@ -225,7 +225,7 @@ async fn capture_and_refund_go_to_the_authorizing_channel() {
         );
 
         let refunded = follow_up(&gateway, &id, "refunds", "").await;
-        assert_eq!(refunded.status, StatusCode::OK);
+        assert_eq!(refunded.status, StatusCode::OK, "{:?}", refunded.json);
         assert_eq!(
             refunded.json["amount"], 600,
             "a refund defaults to what was captured"

@@ -163,13 +163,18 @@ impl JournalStore {
 
     fn load(&self, id: &str) -> Option<Payment> {
         let reader = self.reader.lock().ok()?;
-        let record: Option<String> = reader
+        let record: Option<String> = match reader
             .query_row("SELECT record FROM payments WHERE id = ?1", [id], |row| {
                 row.get(0)
             })
             .optional()
-            .ok()
-            .flatten();
+        {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::error!(payment = id, %error, "cannot read the payment from the journal");
+                None
+            }
+        };
         record.and_then(|r| serde_json::from_str(&r).ok())
     }
 }
@@ -237,17 +242,20 @@ impl PaymentStore for JournalStore {
     }
 
     fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool {
-        if self.memory.get(id).is_none() {
+        // The writer may let the payment go from memory at any moment once its state is
+        // committed; then it is read back from the journal and changed there. A few rounds
+        // bound the (unlikely) case of it going again in between.
+        for _ in 0..3 {
+            if self.memory.update(id, change) {
+                self.journal(id);
+                return true;
+            }
             match self.load(id) {
                 Some(payment) => self.memory.adopt(payment),
                 None => return false,
             }
         }
-        let changed = self.memory.update(id, change);
-        if changed {
-            self.journal(id);
-        }
-        changed
+        false
     }
 
     fn durable(&self, _id: &str) -> Durable {
