@@ -145,8 +145,6 @@ impl ApiError {
     }
 }
 
-/// A JSON response; serializing our own types cannot fail, but if it ever did the client
-/// still gets a well-formed 500 rather than a dropped connection.
 /// A response whose JSON body is already encoded.
 pub fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(bytes));
@@ -158,6 +156,8 @@ pub fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Full<By
     response
 }
 
+/// A JSON response; serializing our own types cannot fail, but if it ever did the client
+/// still gets a well-formed 500 rather than a dropped connection.
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let (status, bytes) = match serde_json::to_vec(body) {
         Ok(bytes) => (status, bytes),

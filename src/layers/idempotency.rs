@@ -199,7 +199,7 @@ fn replay(stored: StoredResponse) -> HttpResponse {
 /// settles the idempotency record with the answer.
 async fn run_to_completion<S>(
     mut inner: S,
-    request: Request<Bytes>,
+    mut request: Request<Bytes>,
     scope: Option<Scope>,
     gateway: Arc<Gateway>,
 ) -> HttpResponse
@@ -209,7 +209,6 @@ where
 {
     let request_id = RequestId::of(&request);
     let request_id_for_log = request_id.clone();
-    let mut request = request;
     if let Some(scope) = &scope {
         request.extensions_mut().insert(KeyScope(scope.clone()));
     }
