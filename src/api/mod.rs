@@ -149,7 +149,10 @@ fn answer_recorded(
     body: &impl serde::Serialize,
     channel: Option<&str>,
 ) -> HttpResponse {
-    let (Some(key), Ok(bytes)) = (&scope.key, serde_json::to_vec(body)) else {
+    let Some(key) = &scope.key else {
+        return respond(status, body, channel);
+    };
+    let Ok(bytes) = serde_json::to_vec(body) else {
         return respond(status, body, channel);
     };
     let bytes = bytes::Bytes::from(bytes);
