@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod layers;
 pub mod limits;
 pub mod metrics;
+pub mod payload;
 pub mod reconcile;
 pub mod report;
 pub mod risk;

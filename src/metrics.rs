@@ -82,6 +82,8 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     risk_rejections: IntCounterVec,
     ejections: IntCounterVec,
+    resends: IntCounterVec,
+    reconciliations: IntCounterVec,
     pub idempotency_keys: IntGauge,
     /// Per route, the common statuses' counters and the duration histogram.
     routes: Vec<RouteMetrics>,
@@ -99,9 +101,14 @@ pub struct ChannelMetrics {
     pub success_rate: Gauge,
     pub score: Gauge,
     states: [IntGauge; CHANNEL_STATES.len()],
+    resends: IntCounter,
 }
 
 impl ChannelMetrics {
+    pub fn resent(&self) {
+        self.resends.inc();
+    }
+
     pub fn attempt(&self, outcome: Outcome, latency: Duration) {
         let index = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
         self.attempts[index].inc();
@@ -311,6 +318,18 @@ impl Metrics {
                 "Channel ejections.",
                 &["channel"],
             ),
+            resends: counter_vec(
+                r,
+                "paygate_channel_resends_total",
+                "Calls sent again on a fresh connection because the pooled one was found closed by the PSP before any answer.",
+                &["channel"],
+            ),
+            reconciliations: counter_vec(
+                r,
+                "paygate_reconciliations_total",
+                "Status queries for payments in doubt, by what they found (succeeded, declined, never_received, pending, error).",
+                &["channel", "result"],
+            ),
             idempotency_keys: {
                 let g = IntGauge::new("paygate_idempotency_keys", "Idempotency records held.")
                     .unwrap_or_else(|e| panic!("{e}"));
@@ -375,7 +394,15 @@ impl Metrics {
             success_rate: self.success_rate.with_label_values(&[name]),
             score: self.score.with_label_values(&[name]),
             states: CHANNEL_STATES.map(|s| self.state.with_label_values(&[name, s])),
+            resends: self.resends.with_label_values(&[name]),
         }
+    }
+
+    /// One reconciliation query of a payment in doubt and what it found.
+    pub fn reconciliation(&self, channel: &str, result: &str) {
+        self.reconciliations
+            .with_label_values(&[channel, result])
+            .inc();
     }
 
     /// One merchant API request: its route template, status and duration.

@@ -1,12 +1,18 @@
-//! Reconciliation of pending payments: a payment left `pending` (the PSP said so, or the call
-//! was ambiguous) is re-queried with `GET` on its own channel, never another, with a back-off
-//! that doubles from `[reconciliation] interval_ms` to `max_backoff_ms`, until the PSP gives
-//! a final answer or `deadline_secs` pass. The final status is stored (and journaled), and
-//! when the merchant has a `webhook_url` it is POSTed there, signed like merchant requests
-//! (`Paygate-Signature`) when the merchant has a signing secret, with retries.
+//! Reconciliation of payments in doubt: a payment left `pending` (the PSP said so, the call
+//! was ambiguous, or paygate crashed while it was in flight) is asked about on the channel it
+//! was recorded as sent to, never another, with a back-off that doubles from
+//! `[reconciliation] interval_ms` to `max_backoff_ms`, until the PSP gives a final answer or
+//! `deadline_secs` pass. With a PSP reference the dialect's status query is used; without
+//! one (no answer ever arrived) the dialect looks the payment up by its `paygate_id`, and a
+//! PSP that has no such payment proves it was never received: the payment is `failed`,
+//! nothing charged. No query is made before the attempt's own timeout has passed
+//! (`in_doubt_until_ms`), so a "never received" cannot race the request itself. A pending
+//! payment with no channel was never sent (the channel is journaled before the first byte
+//! goes out): once its request is surely over, it is `failed` too.
 //!
-//! A pending payment without a PSP reference (the call timed out before any answer) cannot be
-//! queried by the paygate-v1 protocol: it stays pending and is reported for operations.
+//! The final status is stored (and journaled), and when the merchant has a `webhook_url` it
+//! is POSTed there, signed like merchant requests (`Paygate-Signature`) when the merchant
+//! has a signing secret, with retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
+use tokio::task::JoinSet;
 
 use crate::gateway::Gateway;
 use crate::store::{Outcome, Payment, PaymentStatus, now_ms};
@@ -30,6 +37,11 @@ const WEBHOOK_TRIES: u32 = 5;
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one status query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queries in flight at once, so that a slow PSP cannot hold back the others for long.
+const MAX_CONCURRENT_QUERIES: usize = 64;
+/// Beyond the request timeout, how long a payment without a channel may still be in its
+/// handler (the answer's wait for the journal included).
+const UNSENT_GRACE: Duration = Duration::from_secs(5);
 
 /// When each pending payment is next due, and the wait after that.
 struct Due {
@@ -45,8 +57,12 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
         tokio::time::sleep(settings.interval).await;
         let pending = gateway.store.pending();
         due.retain(|id, _| pending.iter().any(|p| &p.id == id));
+        let mut queries = JoinSet::new();
         for payment in pending {
             let now = Instant::now();
+            if payment.in_doubt_until_ms.is_some_and(|until| now_ms() < until) {
+                continue;
+            }
             let entry = due.entry(payment.id.clone()).or_insert(Due {
                 at: now,
                 wait: settings.interval,
@@ -58,19 +74,88 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
             entry.at = now + entry.wait;
             let age = Duration::from_millis(now_ms().saturating_sub(payment.created_at_ms));
             if age > settings.deadline {
-                tracing::warn!(payment = %payment.id, "still pending after the reconciliation deadline: needs operations");
+                tracing::warn!(payment = %payment.id, channel = payment.channel.as_deref().unwrap_or("none"), "still pending after the reconciliation deadline: needs operations");
                 continue;
             }
-            reconcile(&gateway, &payment).await;
+            while queries.len() >= MAX_CONCURRENT_QUERIES {
+                queries.join_next().await;
+            }
+            queries.spawn(reconcile(gateway.clone(), payment, age));
         }
+        while queries.join_next().await.is_some() {}
     }
 }
 
-/// Queries one payment's channel; stores a final answer and notifies the merchant.
-async fn reconcile(gateway: &Arc<Gateway>, payment: &Payment) {
-    let (Some(channel), Some(reference)) = (&payment.channel, &payment.psp_reference) else {
+/// What a query found.
+enum Finding {
+    Final {
+        status: PaymentStatus,
+        psp_reference: Option<String>,
+        decline_code: Option<String>,
+    },
+    NotYet,
+}
+
+/// Asks one payment's channel; stores a final answer and notifies the merchant.
+async fn reconcile(gateway: Arc<Gateway>, payment: Payment, age: Duration) {
+    let finding = match &payment.channel {
+        Some(channel) => query(&gateway, &payment, channel).await,
+        None => never_sent(&gateway, age),
+    };
+    let Finding::Final {
+        status,
+        psp_reference,
+        decline_code,
+    } = finding
+    else {
         return;
     };
+    let mut settled = None;
+    gateway.store.update(&payment.id, &mut |p| {
+        // Only the state the query was about: a handler that moved the payment meanwhile
+        // (another attempt, a final answer) wins.
+        if p.status != PaymentStatus::Pending
+            || p.channel != payment.channel
+            || p.in_doubt_until_ms != payment.in_doubt_until_ms
+        {
+            return;
+        }
+        p.status = status;
+        p.reconciled = true;
+        p.in_doubt_until_ms = None;
+        if psp_reference.is_some() {
+            p.psp_reference = psp_reference.clone();
+        }
+        p.decline_code = decline_code.clone();
+        if status == PaymentStatus::Succeeded && p.capture {
+            p.captured_amount = p.amount;
+        }
+        settled = Some(p.clone());
+    });
+    let Some(settled) = settled else {
+        return;
+    };
+    if let Err(error) = gateway.store.durable(&settled.id).await {
+        tracing::error!(payment = %settled.id, %error, "reconciled status not journaled yet");
+    }
+    tracing::info!(payment = %settled.id, channel = settled.channel.as_deref().unwrap_or("none"), status = ?status, "payment reconciled");
+    notify_merchant(&gateway, settled);
+}
+
+/// A payment with no channel never reached a PSP: failed once its request is surely over.
+fn never_sent(gateway: &Gateway, age: Duration) -> Finding {
+    let request_timeout = gateway.snapshot().config.server.request_timeout;
+    if age <= request_timeout + UNSENT_GRACE {
+        return Finding::NotYet;
+    }
+    Finding::Final {
+        status: PaymentStatus::Failed,
+        psp_reference: None,
+        decline_code: None,
+    }
+}
+
+async fn query(gateway: &Gateway, payment: &Payment, channel: &str) -> Finding {
     let snapshot = gateway.snapshot();
     let Some(client) = snapshot
         .config
@@ -78,7 +163,7 @@ async fn reconcile(gateway: &Arc<Gateway>, payment: &Payment) {
         .and_then(|c| snapshot.upstreams.channel(c.id))
     else {
         tracing::warn!(payment = %payment.id, %channel, "pending on a channel no longer configured");
-        return;
+        return Finding::NotYet;
     };
     let request_id = format!("rec_{}", ulid::Ulid::generate());
     let context = CallContext {
@@ -88,34 +173,44 @@ async fn reconcile(gateway: &Arc<Gateway>, payment: &Payment) {
         traceparent: None,
     };
     let call = Call::Status {
-        psp_reference: reference,
+        psp_reference: payment.psp_reference.as_deref(),
     };
     let exchange = client
         .send(&call, &context, Instant::now() + QUERY_TIMEOUT)
         .await;
-    let status = match exchange.outcome {
-        Outcome::Succeeded => PaymentStatus::Succeeded,
-        Outcome::Declined => PaymentStatus::Declined,
-        _ => return,
-    };
-    let mut settled = None;
-    gateway.store.update(&payment.id, &mut |p| {
-        if p.status != PaymentStatus::Pending {
-            return;
+    let (result, finding) = match exchange.outcome {
+        _ if exchange.unknown_to_psp => (
+            "never_received",
+            Finding::Final {
+                status: PaymentStatus::Failed,
+                psp_reference: None,
+                decline_code: None,
+            },
+        ),
+        Outcome::Succeeded => (
+            "succeeded",
+            Finding::Final {
+                status: PaymentStatus::Succeeded,
+                psp_reference: exchange.psp_reference,
+                decline_code: None,
+            },
+        ),
+        Outcome::Declined => (
+            "declined",
+            Finding::Final {
+                status: PaymentStatus::Declined,
+                psp_reference: exchange.psp_reference,
+                decline_code: exchange.decline_code,
+            },
+        ),
+        Outcome::Pending => ("pending", Finding::NotYet),
+        _ => {
+            tracing::warn!(payment = %payment.id, %channel, detail = exchange.detail.as_deref().unwrap_or(""), "status query failed; asking again later");
+            ("error", Finding::NotYet)
         }
-        p.status = status;
-        p.reconciled = true;
-        p.decline_code = exchange.decline_code.clone();
-        settled = Some(p.clone());
-    });
-    let Some(settled) = settled else {
-        return;
     };
-    if let Err(error) = gateway.store.durable(&settled.id).await {
-        tracing::error!(payment = %settled.id, %error, "reconciled status not journaled yet");
-    }
-    tracing::info!(payment = %settled.id, channel = %channel, status = ?status, "payment reconciled");
-    notify_merchant(gateway, settled);
+    gateway.metrics.reconciliation(channel, result);
+    finding
 }
 
 /// POSTs the final status to the merchant's webhook, in the background, with retries.
@@ -128,6 +223,11 @@ fn notify_merchant(gateway: &Arc<Gateway>, payment: Payment) {
         return;
     };
     let secret = merchant.signing_secret.clone();
+    let path = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.path_and_query().map(|p| p.as_str().to_string()))
+        .unwrap_or_else(|| "/".to_string());
     tokio::spawn(async move {
         let Ok(body) = serde_json::to_vec(&serde_json::json!({
             "type": "payment.reconciled",
@@ -145,7 +245,7 @@ fn notify_merchant(gateway: &Arc<Gateway>, payment: Payment) {
             if let Some(secret) = &secret
                 && let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret.0)
             {
-                mac.update(format!("{timestamp}.").as_bytes());
+                mac.update(format!("{timestamp}.POST.{path}.").as_bytes());
                 mac.update(&body);
                 let signature = hex::encode(mac.finalize().into_bytes());
                 request =

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use hyper::body::Body;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::payments::NewPayment;
@@ -198,12 +198,13 @@ struct CandidateView<'a> {
 
 /// A payment body plus `"merchant"`: the decision paygate would make for it now.
 fn explain(gateway: &Gateway, body: &Bytes) -> Result<HttpResponse, ApiError> {
-    let fields: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("the body is not a JSON object: {e}")))?;
-    let merchant = fields
+    let fields = crate::payload::PaymentBody::parse(body)
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let merchant: String = fields
         .get("merchant")
-        .and_then(Value::as_str)
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .ok_or_else(|| ApiError::InvalidRequest("merchant is required (the merchant id)".into()))?;
+    let merchant = merchant.as_str();
     let payment = NewPayment::read(&fields)?;
     let snapshot = gateway.snapshot();
     let config = &snapshot.config;

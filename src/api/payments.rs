@@ -10,15 +10,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::StatusCode;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use super::{ApiError, Scope, respond};
 use crate::config::iso;
 use crate::layers::HttpResponse;
 use crate::limits::Skip;
 use crate::metrics::LimitScope;
+use crate::payload::PaymentBody;
 use crate::routing::{self, Observation, PaymentFacts, Verdict};
-use crate::store::{Attempt, MaskedCard, Outcome, Payment, PaymentStatus, now_ms};
+use crate::store::{Attempt, MaskedCard, Outcome, Payment, PaymentStatus, StoreError, now_ms};
 use crate::upstream::{Call, CallContext};
 
 /// Longest `method` or `reference` accepted; longer values are surely mistakes.
@@ -33,16 +34,18 @@ pub(crate) struct NewPayment {
     reference: Option<String>,
     capture: bool,
     card: Option<MaskedCard>,
+    /// For the risk rules only: never stored, logged or shown.
+    card_number: Option<String>,
 }
 
 pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiError> {
-    let fields: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("the body is not a JSON object: {e}")))?;
-    let new = NewPayment::read(&fields)?;
+    let payload =
+        PaymentBody::parse(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let new = NewPayment::read(&payload)?;
     let snapshot = scope.gateway.snapshot();
     let config = &snapshot.config;
     check_merchant_allows(config, &scope.merchant, &new)?;
-    assess_risk(scope, config, &new, &fields)?;
+    assess_risk(scope, config, &new)?;
     let facts = PaymentFacts {
         merchant: &scope.merchant,
         currency: &new.currency,
@@ -64,17 +67,23 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
     let id = format!("pay_{}", ulid::Ulid::generate());
     let capture = new.capture;
     // Recorded before any channel is called, so that a payment a PSP may have charged is
-    // never unknown to paygate.
+    // never unknown to paygate; the merchant's key names it from now on, so a retry (during
+    // or after a crash) finds this payment instead of making another.
     scope
         .gateway
         .store
         .insert(new.into_payment(&id, &scope.merchant))
         .map_err(|e| ApiError::Overloaded(format!("{e}; the payment was not sent")))?;
+    if let Some(key) = &scope.key {
+        let settings = &config.idempotency;
+        scope.gateway.idempotency.bind(key, &id, settings);
+    }
 
     let mut finished = None;
     let mut last_decline = None;
     let mut attempted: Option<usize> = None;
     let mut skipped = false;
+    let mut unrecorded = None;
     for &channel_id in &decision.order {
         if Instant::now() >= scope.deadline {
             break;
@@ -105,6 +114,11 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             tracing::warn!(request_id = %scope.request_id, payment = %id, "retry budget exhausted: no further failover");
             break;
         }
+        if let Err(error) = record_intent(scope, &id, channel).await {
+            tracing::error!(request_id = %scope.request_id, payment = %id, channel = %channel.name, %error, "intent not recorded: the payment is not sent");
+            unrecorded = Some(error);
+            break;
+        }
         if let Some(previous) = attempted {
             snapshot.metrics.failover(previous, channel_id);
         }
@@ -117,11 +131,14 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
         };
         let exchange = client
             .send(
-                &Call::Authorize { payment: &fields },
+                &Call::Authorize { payment: &payload },
                 &context,
                 scope.deadline,
             )
             .await;
+        if exchange.resent {
+            snapshot.metrics.channels[channel_id].resent();
+        }
         snapshot.metrics.channels[channel_id].attempt(exchange.outcome, exchange.latency);
         if let Some(observation) = Observation::from_outcome(exchange.outcome) {
             let answered = observation != Observation::Fault;
@@ -171,6 +188,9 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
                 p.channel = Some(attempt.channel.clone());
                 p.psp_reference = attempt.psp_reference.clone();
                 p.decline_code = attempt.decline_code.clone();
+                if status != PaymentStatus::Pending {
+                    p.in_doubt_until_ms = None;
+                }
                 if status == PaymentStatus::Succeeded && capture {
                     p.captured_amount = p.amount;
                 }
@@ -181,7 +201,15 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             break;
         }
     }
-    let failure = if attempted.is_none() && skipped {
+    let failure = if let Some(error) = unrecorded.filter(|_| finished.is_none()) {
+        // The channel whose intent failed was never called: the payment stands where its
+        // last real attempt left it.
+        scope.gateway.store.update(&id, &mut |p| {
+            p.channel = p.attempts.last().map(|a| a.channel.clone());
+        });
+        settle(scope, &id, None, last_decline, true)
+            .map(|_| ApiError::Overloaded(format!("{error}; payment {id} was not sent")))
+    } else if attempted.is_none() && skipped {
         scope
             .gateway
             .store
@@ -216,23 +244,45 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
         }
     };
     // With `journal.sync = "batch"` the answer waits for the journal to hold the outcome (and
-    // the answer recorded for its idempotency key).
-    let durable = scope.gateway.store.durable(&id);
-    let recorded =
-        match tokio::time::timeout_at(super::journal_wait_until(scope.deadline).into(), durable)
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(crate::store::StoreError::Unavailable(
-                "is not writing".into(),
-            )),
-        };
-    if let Err(e) = recorded {
-        return Err(ApiError::Overloaded(format!(
-            "{e}: payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
-        )));
+    // the answer recorded for its idempotency key). The intent was committed before the call,
+    // so an outcome that cannot be committed in time is still the truth to answer: after a
+    // crash the payment is reconciled on its recorded channel, and the key finds it.
+    if let Err(error) = wait_durable(scope, &id, super::journal_wait_until(scope.deadline)).await
+        && attempted.is_some()
+    {
+        tracing::error!(request_id = %scope.request_id, payment = %id, %error, "outcome not yet journaled when answering; the intent is");
     }
     answer
+}
+
+/// How long the write-ahead intent may take to commit before the payment is given up unsent.
+const INTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Time for a request to reach the PSP after its own timeout ran out on paygate's side.
+const IN_FLIGHT_MARGIN_MS: u64 = 500;
+
+/// The write-ahead intent: the journal holds the payment, the channel it is about to go to
+/// and the merchant's key (bound before) before the first byte is sent. Failing that (disk
+/// full, journal behind), the call does not happen.
+async fn record_intent(
+    scope: &Scope,
+    id: &str,
+    channel: &crate::config::Channel,
+) -> Result<(), StoreError> {
+    let remaining = scope.deadline.saturating_duration_since(Instant::now());
+    let until = now_ms() + remaining.min(channel.timeout).as_millis() as u64 + IN_FLIGHT_MARGIN_MS;
+    scope.gateway.store.update(id, &mut |p| {
+        p.channel = Some(channel.name.clone());
+        p.in_doubt_until_ms = Some(until);
+    });
+    wait_durable(scope, id, Instant::now() + INTENT_WAIT).await
+}
+
+async fn wait_durable(scope: &Scope, id: &str, until: Instant) -> Result<(), StoreError> {
+    let durable = scope.gateway.store.durable(id);
+    match tokio::time::timeout_at(until.into(), durable).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable("is not writing".into())),
+    }
 }
 
 /// The one log line per payment, and `paygate_payments_total` for its final state.
@@ -268,20 +318,15 @@ fn assess_risk(
     scope: &Scope,
     config: &crate::config::Config,
     new: &NewPayment,
-    fields: &Map<String, Value>,
 ) -> Result<(), ApiError> {
     let merchant = config
         .merchant(&scope.merchant)
         .ok_or(ApiError::Unauthenticated)?;
-    let card_number = fields
-        .get("card")
-        .and_then(|c| c.get("number"))
-        .and_then(Value::as_str);
     let facts = crate::risk::Facts {
         merchant: &scope.merchant,
         amount: new.amount,
         country: new.country.as_deref(),
-        card_number,
+        card_number: new.card_number.as_deref(),
     };
     scope
         .gateway
@@ -316,7 +361,10 @@ fn settle(
         });
         return None;
     }
-    store.update(id, &mut |p| p.status = PaymentStatus::Failed);
+    store.update(id, &mut |p| {
+        p.status = PaymentStatus::Failed;
+        p.in_doubt_until_ms = None;
+    });
     let payment_id = id.to_string();
     Some(if Instant::now() >= scope.deadline || !tried_any {
         ApiError::DeadlineExceeded {
@@ -365,49 +413,40 @@ fn check_merchant_allows(
 }
 
 impl NewPayment {
-    pub(crate) fn read(fields: &Map<String, Value>) -> Result<Self, ApiError> {
-        let invalid = |message: &str| ApiError::InvalidRequest(message.to_string());
-        let amount = match fields.get("amount") {
-            None => return Err(invalid("amount is required (an integer in minor units)")),
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(0) => return Err(invalid("amount must be greater than 0")),
-                Some(amount) => amount,
-                None if n.is_i64() => return Err(invalid("amount must be greater than 0")),
-                None => {
-                    return Err(invalid(
-                        "amount must be an integer number of minor units (1999 for 19.99), not a decimal",
-                    ));
-                }
-            },
-            Some(_) => return Err(invalid("amount must be an integer number of minor units")),
-        };
-        let currency = text(fields, "currency")?
+    /// Reads the fields paygate uses. Every message names the field and what it must be, and
+    /// never repeats what was sent.
+    pub(crate) fn read(body: &PaymentBody<'_>) -> Result<Self, ApiError> {
+        let amount = amount(body.get("amount"))?;
+        let currency = text(body, "currency")?
             .ok_or_else(|| invalid("currency is required (ISO 4217, such as \"EUR\")"))?;
         if !iso::is_currency(&currency) {
             return Err(invalid(
                 "currency must be an ISO 4217 code in capitals, such as \"EUR\"",
             ));
         }
-        let method = text(fields, "method")?.ok_or_else(|| invalid("method is required"))?;
-        let country = text(fields, "country")?;
+        let method = text(body, "method")?.ok_or_else(|| invalid("method is required"))?;
+        let country = text(body, "country")?;
         if country.as_deref().is_some_and(|c| !iso::is_country(c)) {
             return Err(invalid(
                 "country must be an ISO 3166-1 alpha-2 code in capitals, such as \"DE\"",
             ));
         }
-        let capture = match fields.get("capture") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
+        let capture = match body.get("capture").map(RawValue::get) {
+            None | Some("null") => false,
+            Some("true") => true,
+            Some("false") => false,
             Some(_) => return Err(invalid("capture must be true or false")),
         };
+        let card_number = card_number(body)?;
         Ok(Self {
             amount,
             currency,
             method,
             country,
-            reference: text(fields, "reference")?,
+            reference: text(body, "reference")?,
             capture,
-            card: card(fields)?,
+            card: card_number.as_deref().and_then(MaskedCard::from_number),
+            card_number,
         })
     }
 
@@ -430,6 +469,8 @@ impl NewPayment {
             capture_in_flight: 0,
             refund_in_flight: 0,
             reconciled: false,
+            capture: self.capture,
+            in_doubt_until_ms: None,
             attempts: Vec::new(),
             operations: Vec::new(),
             created_at_ms: now_ms(),
@@ -438,33 +479,62 @@ impl NewPayment {
     }
 }
 
-/// An optional string field of at most [`MAX_TEXT_LEN`] characters.
-fn text(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() || s.len() > MAX_TEXT_LEN => Err(
-            ApiError::InvalidRequest(format!("{name} must be 1 to {MAX_TEXT_LEN} characters")),
-        ),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::InvalidRequest(format!("{name} must be a string"))),
+fn invalid(message: &str) -> ApiError {
+    ApiError::InvalidRequest(message.to_string())
+}
+
+/// `amount`, read from its raw text so that no value is ever rounded on the way.
+fn amount(raw: Option<&RawValue>) -> Result<u64, ApiError> {
+    let Some(text) = raw.map(RawValue::get) else {
+        return Err(invalid("amount is required (an integer in minor units)"));
+    };
+    let integer = text.bytes().all(|b| b.is_ascii_digit());
+    let number = text
+        .bytes()
+        .next()
+        .is_some_and(|b| b == b'-' || b.is_ascii_digit());
+    match text.parse::<u64>() {
+        Ok(0) => Err(invalid("amount must be greater than 0")),
+        Ok(amount) => Ok(amount),
+        Err(_) if integer => Err(invalid("amount is too large for minor units")),
+        Err(_) if text.starts_with('-') => Err(invalid("amount must be greater than 0")),
+        Err(_) if number => Err(invalid(
+            "amount must be an integer number of minor units (1999 for 19.99), not a decimal",
+        )),
+        Err(_) => Err(invalid("amount must be an integer number of minor units")),
     }
 }
 
-/// The masked card, when the body has one. The message never repeats what was sent.
-fn card(fields: &Map<String, Value>) -> Result<Option<MaskedCard>, ApiError> {
-    let Some(card) = fields.get("card") else {
+/// An optional string field of at most [`MAX_TEXT_LEN`] characters.
+fn text(body: &PaymentBody<'_>, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(raw) = body.get(name) else {
         return Ok(None);
     };
-    let invalid =
-        || ApiError::InvalidRequest("card.number must be a string of 12 to 19 digits".into());
-    let number = card
-        .as_object()
-        .and_then(|c| c.get("number"))
-        .and_then(Value::as_str)
-        .ok_or_else(invalid)?;
-    MaskedCard::from_number(number)
-        .map(Some)
-        .ok_or_else(invalid)
+    match serde_json::from_str::<Option<String>>(raw.get()) {
+        Ok(Some(s)) if s.is_empty() || s.len() > MAX_TEXT_LEN => Err(ApiError::InvalidRequest(
+            format!("{name} must be 1 to {MAX_TEXT_LEN} characters"),
+        )),
+        Ok(value) => Ok(value),
+        Err(_) => Err(ApiError::InvalidRequest(format!("{name} must be a string"))),
+    }
+}
+
+/// The card number, when the body has a card; checked, never kept beyond the request. The
+/// message never repeats what was sent.
+fn card_number(body: &PaymentBody<'_>) -> Result<Option<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Card {
+        number: String,
+    }
+    let Some(raw) = body.get("card") else {
+        return Ok(None);
+    };
+    let invalid = || invalid("card.number must be a string of 12 to 19 digits");
+    let card: Card = serde_json::from_str(raw.get()).map_err(|_| invalid())?;
+    if MaskedCard::from_number(&card.number).is_none() {
+        return Err(invalid());
+    }
+    Ok(Some(card.number))
 }
 
 #[cfg(test)]
@@ -472,8 +542,8 @@ mod tests {
     use super::*;
 
     fn read(json: &str) -> Result<NewPayment, String> {
-        let fields: Map<String, Value> = serde_json::from_str(json).unwrap();
-        NewPayment::read(&fields).map_err(|e| e.to_string())
+        let body = PaymentBody::parse(json.as_bytes()).unwrap();
+        NewPayment::read(&body).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -484,7 +554,10 @@ mod tests {
             ("0", "greater than 0"),
             ("-5", "greater than 0"),
             ("19.99", "not a decimal"),
+            ("1e3", "not a decimal"),
             ("\"1999\"", "integer"),
+            ("true", "integer"),
+            ("123456789012345678901234567890", "too large"),
         ] {
             let err = read(&format!("{{\"amount\":{amount},{base}}}"))
                 .err()

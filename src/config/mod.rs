@@ -470,6 +470,8 @@ pub struct Channel {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_idle_connections: usize,
+    /// A PSP answer larger than this is an ambiguous attempt, never buffered whole.
+    pub max_response_bytes: usize,
     pub currencies: Vec<String>,
     pub methods: Vec<String>,
     pub countries: Vec<String>,

@@ -178,6 +178,7 @@ pub struct RawChannel {
     pub timeout_ms: Option<Spanned<u64>>,
     pub connect_timeout_ms: Option<Spanned<u64>>,
     pub max_idle_connections: Option<usize>,
+    pub max_response_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub currencies: Vec<Spanned<String>>,
     #[serde(default)]

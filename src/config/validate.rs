@@ -30,6 +30,9 @@ const DEFAULT_MAX_HEADERS: u64 = 100;
 const DEFAULT_CHANNEL_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 256;
+/// A PSP answer is a few hundred bytes; 1 MiB leaves room for any real one and bounds a
+/// runaway body.
+const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:0";
 /// Requests in flight at once; Envoy's circuit breakers default to 1024 per cluster, a
 /// gateway in front of several PSPs holds more.
@@ -894,6 +897,11 @@ impl<'a> Checker<'a> {
                 DEFAULT_CONNECT_TIMEOUT_MS,
                 "connect_timeout_ms",
             );
+            let max_response_bytes = self.positive(
+                c.max_response_bytes.as_ref(),
+                DEFAULT_MAX_RESPONSE_BYTES,
+                "max_response_bytes",
+            );
             let currencies = self.currencies(&c.currencies);
             let countries = self.countries(&c.countries);
             let (min_amount, max_amount) = self.amount_range(
@@ -915,6 +923,7 @@ impl<'a> Checker<'a> {
                 max_idle_connections: c
                     .max_idle_connections
                     .unwrap_or(DEFAULT_MAX_IDLE_CONNECTIONS),
+                max_response_bytes: usize::try_from(max_response_bytes).unwrap_or(usize::MAX),
                 currencies,
                 methods: plain(&c.methods),
                 countries,

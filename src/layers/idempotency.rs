@@ -145,6 +145,11 @@ async fn admit(
                 gateway.metrics.idempotent_replays.inc();
                 return Ok(Some(replay(stored)));
             }
+            Begin::Payment(payment_id) => {
+                let stored = current_payment(gateway, &payment_id)?;
+                gateway.metrics.idempotent_replays.inc();
+                return Ok(Some(replay(stored)));
+            }
             Begin::Mismatch => {
                 return Err(ApiError::IdempotencyConflict(
                     "this Idempotency-Key was used with a different request".into(),
@@ -178,6 +183,23 @@ async fn admit(
             }
         }
     }
+}
+
+/// The payment a key made, as it now stands (pending, or settled since, by reconciliation
+/// too): what a retry with the key is answered, after a crash as much as before.
+fn current_payment(gateway: &Gateway, payment_id: &str) -> Result<StoredResponse, ApiError> {
+    let unreadable = || {
+        ApiError::IdempotencyConflict(
+            "the payment made with this Idempotency-Key cannot be read yet; retry shortly".into(),
+        )
+    };
+    let payment = gateway.store.get(payment_id).ok_or_else(unreadable)?;
+    let body = serde_json::to_vec(&payment).map_err(|_| unreadable())?;
+    Ok(StoredResponse {
+        status: StatusCode::OK.as_u16(),
+        body: body.into(),
+        channel: payment.channel,
+    })
 }
 
 fn replay(stored: StoredResponse) -> HttpResponse {

@@ -32,6 +32,8 @@ pub enum Begin {
     /// First time: process it, then call `finish`.
     Proceed,
     Replay(StoredResponse),
+    /// The key made this payment: the repeat is answered with the payment as it now stands.
+    Payment(String),
     /// Same key, different request.
     Mismatch,
     /// The first request with this key is still being processed; the receiver changes when
@@ -74,6 +76,9 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         now: Instant,
         settings: &Settings,
     ) -> bool;
+    /// The request in flight under `scope` made payment `payment_id`, about to be sent to a
+    /// PSP: a store that survives a crash records the link before the call.
+    fn bind(&self, _scope: &Scope, _payment_id: &str, _settings: &Settings) {}
     /// Resolves once every answer finished so far is as durable as the store promises (at
     /// once for memory), so that a retry after a crash replays it rather than charging again.
     fn flushed(&self) -> super::Durable {

@@ -58,6 +58,8 @@ enum Write {
         detail: String,
     },
     Key(Scope, KeyRecord),
+    /// Deletes a key's record that holds no answer (its payment failed, nothing charged).
+    FreeKey(Scope),
     /// Deletes idempotency records expired by then (ms since the Unix epoch).
     SweepKeys(u64),
     /// Acknowledged once every write before it is committed.
@@ -94,6 +96,7 @@ impl JournalStore {
         writer
             .execute_batch(SCHEMA)
             .map_err(|e| fail(format!("cannot use it as a journal: {e}")))?;
+        migrate(&writer).map_err(|e| fail(format!("cannot upgrade it: {e}")))?;
         // Checkpoints (copying the WAL into the database file, with its fsync) are the
         // checkpointer's, never a commit's: a commit that checkpoints holds every payment
         // waiting for it for tens of milliseconds.
@@ -187,6 +190,19 @@ fn live_keys(reader: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
         Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
     })?;
     rows.collect()
+}
+
+/// Columns added since the first journals were written.
+fn migrate(connection: &Connection) -> rusqlite::Result<()> {
+    let has_payment_id: bool = connection.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('idempotency') WHERE name = 'payment_id'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_payment_id {
+        connection.execute_batch("ALTER TABLE idempotency ADD COLUMN payment_id TEXT")?;
+    }
+    Ok(())
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -308,20 +324,27 @@ impl Committed for JournalStore {
         let reader = self.reader.lock().ok()?;
         let mut query = reader
             .prepare_cached(
-                "SELECT request_hash, status, body, channel, expires_at_ms FROM idempotency
-                 WHERE scope = ?1",
+                "SELECT request_hash, status, body, channel, expires_at_ms, payment_id
+                 FROM idempotency WHERE scope = ?1",
             )
             .ok()?;
         query
             .query_row([scope.as_str()], |row| {
                 let hash: Vec<u8> = row.get(0)?;
-                Ok(KeyRecord {
-                    request_hash: hash.try_into().unwrap_or([0; 32]),
-                    answer: StoredResponse {
-                        status: row.get(1)?,
+                let status: u16 = row.get(1)?;
+                let answer = if status == 0 {
+                    None
+                } else {
+                    Some(StoredResponse {
+                        status,
                         body: row.get::<_, Vec<u8>>(2)?.into(),
                         channel: row.get(3)?,
-                    },
+                    })
+                };
+                Ok(KeyRecord {
+                    request_hash: hash.try_into().unwrap_or([0; 32]),
+                    answer,
+                    payment_id: row.get(5)?,
                     expires_at_ms: row.get::<_, i64>(4)? as u64,
                 })
             })
@@ -346,6 +369,15 @@ impl IdempotencyStore for JournalStore {
             .begin(scope, request_hash, now_ms(), settings.max_keys, self)
     }
 
+    fn bind(&self, scope: &Scope, payment_id: &str, settings: &Idempotency) {
+        let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
+        if let Some(record) = self.keys.bind(scope, payment_id, expires_at_ms) {
+            self.enqueue(Write::Key(scope.clone(), record));
+        }
+    }
+
+    /// A request that failed keeps its key when it made a payment a PSP may have charged:
+    /// only a payment that surely failed frees it for another try.
     fn finish(
         &self,
         scope: &Scope,
@@ -354,12 +386,20 @@ impl IdempotencyStore for JournalStore {
         settings: &Idempotency,
     ) -> bool {
         let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
-        let record = self.keys.finish(scope, answer, expires_at_ms);
-        let recorded = record.is_some();
-        if let Some(record) = record {
-            self.enqueue(Write::Key(scope.clone(), record));
-        }
-        recorded
+        let bound = self.keys.bound(scope);
+        let keep = bound.as_deref().is_some_and(|id| {
+            PaymentStore::get(self, id).is_none_or(|p| p.status != PaymentStatus::Failed)
+        });
+        let record = self.keys.finish(scope, answer, keep, expires_at_ms);
+        let Some(record) = record else {
+            if bound.is_some() {
+                self.enqueue(Write::FreeKey(scope.clone()));
+            }
+            return false;
+        };
+        let answered = record.answer.is_some();
+        self.enqueue(Write::Key(scope.clone(), record));
+        answered
     }
 
     fn flushed(&self) -> Durable {
@@ -417,6 +457,12 @@ fn write_forever(mut connection: Connection, receiver: mpsc::Receiver<Write>, sh
                     if healthy.swap(false, Ordering::AcqRel) {
                         tracing::error!(%error, "journal commit failed; refusing new payments until it works again");
                     }
+                    // Whoever waits for this batch learns at once that it is not on disk (a
+                    // payment waiting for its intent is then not sent); the writes themselves
+                    // stay and are retried.
+                    let waiting = batch.len();
+                    batch = fail_barriers(batch, &error);
+                    queued.fetch_sub(waiting - batch.len(), Ordering::AcqRel);
                     std::thread::sleep(RETRY_AFTER_FAILURE);
                 }
             }
@@ -432,10 +478,26 @@ fn write_forever(mut connection: Connection, receiver: mpsc::Receiver<Write>, sh
                 Write::Barrier(ack) => {
                     let _ = ack.send(Ok(()));
                 }
-                Write::Payment(_) | Write::Event { .. } => {}
+                Write::Payment(_) | Write::Event { .. } | Write::FreeKey(_) => {}
             }
         }
     }
+}
+
+/// Answers every barrier of a batch that could not be committed, and keeps the rest.
+fn fail_barriers(batch: Vec<Write>, error: &rusqlite::Error) -> Vec<Write> {
+    batch
+        .into_iter()
+        .filter_map(|write| match write {
+            Write::Barrier(ack) => {
+                let _ = ack.send(Err(StoreError::Unavailable(format!(
+                    "cannot write ({error})"
+                ))));
+                None
+            }
+            other => Some(other),
+        })
+        .collect()
 }
 
 /// Commits one batch; returns the payments written, with the version each was written at,
@@ -467,8 +529,9 @@ fn commit(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         let mut key_row = transaction.prepare_cached(
-            "INSERT OR REPLACE INTO idempotency (scope, request_hash, status, body, channel, expires_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO idempotency (scope, request_hash, status, body, channel,
+                expires_at_ms, payment_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut event_row = transaction.prepare_cached(
             "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -532,14 +595,22 @@ fn commit(
                     event_row.execute(params![*at_ms as i64, kind, channel, detail])?;
                 }
                 Write::Key(scope, record) => {
+                    let answer = record.answer.as_ref();
                     key_row.execute(params![
                         scope.as_str(),
                         &record.request_hash[..],
-                        record.answer.status,
-                        &record.answer.body[..],
-                        record.answer.channel,
+                        answer.map_or(0, |a| a.status),
+                        answer.map_or(&[][..], |a| &a.body[..]),
+                        answer.and_then(|a| a.channel.as_deref()),
                         record.expires_at_ms as i64,
+                        record.payment_id,
                     ])?;
+                }
+                Write::FreeKey(scope) => {
+                    transaction.execute(
+                        "DELETE FROM idempotency WHERE scope = ?1 AND status = 0",
+                        [scope.as_str()],
+                    )?;
                 }
                 Write::SweepKeys(now_ms) => {
                     swept += transaction.execute(
@@ -588,6 +659,8 @@ mod tests {
             capture_in_flight: 0,
             refund_in_flight: 0,
             reconciled: false,
+            capture: false,
+            in_doubt_until_ms: None,
             attempts: Vec::new(),
             operations: Vec::new(),
             created_at_ms: 1_000,

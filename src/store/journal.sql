@@ -51,14 +51,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_at ON events (at_ms);
 
--- Idempotency records (src/store/keys.rs): the first answer to each merchant's key, replayed
--- to a repeat until it expires, across restarts.
+-- Idempotency records (src/store/keys.rs): for each merchant's key, the payment it made
+-- (written before the payment's first PSP call) or the first answer, replayed to a repeat
+-- until it expires, across restarts.
 CREATE TABLE IF NOT EXISTS idempotency (
     scope         TEXT PRIMARY KEY,            -- length of the merchant id, ':', merchant id, key
     request_hash  BLOB NOT NULL,               -- SHA-256 of method, path and body
-    status        INTEGER NOT NULL,            -- HTTP status of the first answer
-    body          BLOB NOT NULL,               -- the first answer (masked card at most)
+    status        INTEGER NOT NULL,            -- HTTP status of the first answer; 0: none yet
+    body          BLOB NOT NULL,               -- the first answer (masked card at most); empty: none
     channel       TEXT,
-    expires_at_ms INTEGER NOT NULL
+    expires_at_ms INTEGER NOT NULL,
+    payment_id    TEXT                         -- the payment the key made (answered by its state)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at_ms);

@@ -18,12 +18,27 @@ use tokio::sync::watch;
 
 use super::idempotency::{Begin, Scope, StoredResponse};
 
-/// A record as the journal keeps it.
+/// A record as the journal keeps it. A key that made a payment names it from before the
+/// first PSP call (the write-ahead intent) and is answered by the payment as it now stands;
+/// other requests (captures, refunds) keep their first answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     pub request_hash: [u8; 32],
-    pub answer: StoredResponse,
+    pub answer: Option<StoredResponse>,
+    pub payment_id: Option<String>,
     pub expires_at_ms: u64,
+}
+
+impl KeyRecord {
+    /// What a repeat of the request gets.
+    fn replay(&self) -> Begin {
+        match (&self.payment_id, &self.answer) {
+            (Some(payment_id), _) => Begin::Payment(payment_id.clone()),
+            (None, Some(answer)) => Begin::Replay(answer.clone()),
+            // Neither is ever journaled; treat it as still running rather than run it twice.
+            (None, None) => Begin::InFlight(watch::channel(()).1),
+        }
+    }
 }
 
 enum Live {
@@ -31,6 +46,7 @@ enum Live {
     InFlight {
         request_hash: [u8; 32],
         finished: watch::Sender<()>,
+        payment_id: Option<String>,
     },
     /// Answered; removed once the journal has committed it.
     Answered(KeyRecord),
@@ -82,7 +98,7 @@ impl JournalKeys {
                     ..
                 }) if *first != request_hash => Begin::Mismatch,
                 Live::InFlight { finished, .. } => Begin::InFlight(finished.subscribe()),
-                Live::Answered(record) => Begin::Replay(record.answer.clone()),
+                Live::Answered(record) => record.replay(),
             },
             Entry::Vacant(vacant) => {
                 if self.filter.may_contain(scope.as_str())
@@ -90,7 +106,7 @@ impl JournalKeys {
                     && record.expires_at_ms > now_ms
                 {
                     return if record.request_hash == request_hash {
-                        Begin::Replay(record.answer)
+                        record.replay()
                     } else {
                         Begin::Mismatch
                     };
@@ -102,22 +118,56 @@ impl JournalKeys {
                 vacant.insert(Live::InFlight {
                     request_hash,
                     finished: watch::channel(()).0,
+                    payment_id: None,
                 });
                 Begin::Proceed
             }
         }
     }
 
-    /// The first request finished: with an answer, the record to journal (the caller queues
-    /// it and calls `committed` once it is written); without, the key is free again. A key
-    /// already answered keeps its answer and is never freed.
+    /// The request in flight made payment `payment_id`: the record to journal before the
+    /// payment goes to a PSP, so that a retry after a crash finds it.
+    pub fn bind(&self, scope: &Scope, payment_id: &str, expires_at_ms: u64) -> Option<KeyRecord> {
+        let mut live = self.live.get_mut(scope)?;
+        let Live::InFlight {
+            request_hash,
+            payment_id: bound,
+            ..
+        } = &mut *live
+        else {
+            return None;
+        };
+        *bound = Some(payment_id.to_string());
+        // The filter learns the key before a crash could leave it only in the journal.
+        self.filter.insert(scope.as_str(), expires_at_ms);
+        Some(KeyRecord {
+            request_hash: *request_hash,
+            answer: None,
+            payment_id: Some(payment_id.to_string()),
+            expires_at_ms,
+        })
+    }
+
+    /// The payment bound to the request in flight, if any.
+    pub fn bound(&self, scope: &Scope) -> Option<String> {
+        match &*self.live.get(scope)? {
+            Live::InFlight { payment_id, .. } => payment_id.clone(),
+            Live::Answered(_) => None,
+        }
+    }
+
+    /// The first request finished: with an answer, or with `keep` (it made a payment that a
+    /// PSP may have charged), the record to journal (the caller queues it and calls
+    /// `committed` once it is written); otherwise the key is free again. A key already
+    /// answered keeps its answer and is never freed.
     pub fn finish(
         &self,
         scope: &Scope,
         answer: Option<StoredResponse>,
+        keep: bool,
         expires_at_ms: u64,
     ) -> Option<KeyRecord> {
-        let Some(answer) = answer else {
+        if answer.is_none() && !keep {
             let freed = self
                 .live
                 .remove_if(scope, |_, live| matches!(live, Live::InFlight { .. }));
@@ -125,14 +175,20 @@ impl JournalKeys {
                 self.live_count.fetch_sub(1, Ordering::Relaxed);
             }
             return None;
-        };
+        }
         let mut live = self.live.get_mut(scope)?;
-        let Live::InFlight { request_hash, .. } = &*live else {
+        let Live::InFlight {
+            request_hash,
+            payment_id,
+            ..
+        } = &*live
+        else {
             return None;
         };
         let record = KeyRecord {
             request_hash: *request_hash,
             answer,
+            payment_id: payment_id.clone(),
             expires_at_ms,
         };
         // The filter learns the key before memory lets go of it (after the commit).
@@ -308,10 +364,10 @@ mod tests {
             keys.begin(&scope, [1; 32], 0, 10, &journal),
             Begin::InFlight(_)
         ));
-        let record = keys.finish(&scope, Some(answer()), 1_000).unwrap();
+        let record = keys.finish(&scope, Some(answer()), false, 1_000).unwrap();
         // Answered: a second answer or a failure later changes nothing.
-        assert_eq!(keys.finish(&scope, Some(answer()), 2_000), None);
-        assert_eq!(keys.finish(&scope, None, 2_000), None);
+        assert_eq!(keys.finish(&scope, Some(answer()), false, 2_000), None);
+        assert_eq!(keys.finish(&scope, None, false, 2_000), None);
         assert!(
             matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Replay(a) if a == answer())
         );
@@ -352,7 +408,7 @@ mod tests {
             keys.begin(&Scope::new("m", "b"), [1; 32], 0, 1, &journal),
             Begin::Full
         ));
-        assert_eq!(keys.finish(&a, None, 1_000), None);
+        assert_eq!(keys.finish(&a, None, false, 1_000), None);
         assert!(matches!(
             keys.begin(&a, [1; 32], 0, 1, &journal),
             Begin::Proceed
@@ -365,7 +421,8 @@ mod tests {
         let scope = Scope::new("m", "k");
         let record = KeyRecord {
             request_hash: [3; 32],
-            answer: answer(),
+            answer: Some(answer()),
+            payment_id: None,
             expires_at_ms: 5_000,
         };
         journal
@@ -378,6 +435,40 @@ mod tests {
             keys.begin(&scope, [3; 32], 0, 10, &journal),
             Begin::Replay(_)
         ));
+    }
+
+    #[test]
+    fn a_key_bound_to_a_payment_finds_it_after_a_restart_and_is_kept_when_it_may_have_charged() {
+        let keys = JournalKeys::new([]);
+        let journal = Journal::default();
+        let scope = Scope::new("m", "k");
+        assert!(matches!(
+            keys.begin(&scope, [1; 32], 0, 10, &journal),
+            Begin::Proceed
+        ));
+        let intent = keys.bind(&scope, "pay_1", 5_000).unwrap();
+        assert_eq!(intent.payment_id.as_deref(), Some("pay_1"));
+        assert_eq!(keys.bound(&scope).as_deref(), Some("pay_1"));
+        // A crash now: a new run knows only the journal.
+        journal
+            .0
+            .lock()
+            .unwrap()
+            .insert(scope.as_str().to_string(), intent);
+        let restarted = JournalKeys::new([(scope.as_str().to_string(), 5_000)]);
+        assert!(
+            matches!(restarted.begin(&scope, [1; 32], 0, 10, &journal), Begin::Payment(id) if id == "pay_1")
+        );
+        assert!(matches!(
+            restarted.begin(&scope, [2; 32], 0, 10, &journal),
+            Begin::Mismatch
+        ));
+        // Without a crash, an error answer with `keep` still names the payment.
+        let record = keys.finish(&scope, None, true, 5_000).unwrap();
+        assert_eq!(record.payment_id.as_deref(), Some("pay_1"));
+        assert!(
+            matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Payment(id) if id == "pay_1")
+        );
     }
 
     #[test]

@@ -142,6 +142,14 @@ pub struct Payment {
     /// A pending payment whose final status reconciliation found.
     #[serde(default)]
     pub reconciled: bool,
+    /// The merchant asked for capture with the authorization.
+    #[serde(default)]
+    pub capture: bool,
+    /// While a call to `channel` may still be on its way (the attempt's timeout, from when
+    /// it was recorded as about to be sent): reconciliation asks the PSP no sooner, so that a
+    /// "never received" answer cannot race the request itself. Ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_doubt_until_ms: Option<u64>,
     pub attempts: Vec<Attempt>,
     pub operations: Vec<FollowUp>,
     /// Milliseconds since the Unix epoch.

@@ -5,9 +5,17 @@
 //! This module owns every outbound connection; nothing else in paygate opens one to a PSP.
 //! It knows nothing about routing or payments beyond the [`Call`] it is handed. The pool is
 //! hyper-util's; replacing it stays inside this module.
+//!
+//! Two faults are settled here rather than left ambiguous or unbounded:
+//! - a PSP (or its load balancer) that closed an idle pooled connection: a request that
+//!   failed on a reused connection before any answer arrived is sent once more, to the same
+//!   channel with the same `Idempotency-Key`, on a fresh connection (`stale.rs`);
+//! - a PSP answer is bounded in size (`max_response_bytes`) and, headers and body together,
+//!   by one deadline; either limit ends the attempt as ambiguous.
 
 mod paygate_v1;
 pub mod protocol;
+mod stale;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,8 +35,6 @@ use crate::config::{Channel, Config, Endpoint, Protocol};
 use crate::store::Outcome;
 use protocol::PspProtocol;
 
-/// A PSP answer larger than this is a fault, not something to buffer.
-const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Idle pooled connections are closed after this; PSP load balancers commonly drop idle
 /// connections after 60 to 350 s, so staying under the low end avoids writing into a
 /// connection the far end has already closed.
@@ -54,9 +60,14 @@ pub struct Exchange {
     pub latency: Duration,
     /// Why a call failed, for logs; never shown to merchants verbatim.
     pub detail: Option<String>,
+    /// A status query the PSP answered with "no such payment".
+    pub unknown_to_psp: bool,
+    /// The call was sent a second time on a fresh connection after the pooled one was found
+    /// closed (see `stale.rs`).
+    pub resent: bool,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<stale::Stamped<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// The client for one channel.
 pub struct ChannelClient {
@@ -65,7 +76,10 @@ pub struct ChannelClient {
     protocol: Box<dyn PspProtocol>,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
+    max_response_bytes: usize,
     client: HttpClient,
+    /// No pooling: the second try after a pooled connection turned out closed.
+    fresh: HttpClient,
 }
 
 /// Clients for every channel of a config, indexed by channel id.
@@ -131,9 +145,13 @@ impl ChannelClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = stale::Stamped(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(channel.max_idle_connections)
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         let protocol: Box<dyn PspProtocol> = match channel.protocol {
             Protocol::PaygateV1 => Box::new(paygate_v1::PaygateV1),
@@ -144,12 +162,15 @@ impl ChannelClient {
             protocol,
             headers: channel.headers.clone(),
             timeout: channel.timeout,
+            max_response_bytes: channel.max_response_bytes,
             client,
+            fresh,
         })
     }
 
     /// Performs `call`, giving up at the channel's timeout or at `deadline`, whichever is
-    /// first. Never fails: every fault is an [`Exchange`] with its outcome.
+    /// first: one deadline for connecting, sending and the whole answer. Never fails: every
+    /// fault is an [`Exchange`] with its outcome.
     pub async fn send(
         &self,
         call: &Call<'_>,
@@ -158,13 +179,18 @@ impl ChannelClient {
     ) -> Exchange {
         let started = Instant::now();
         let limit = deadline.min(started + self.timeout);
-        let reply = match tokio::time::timeout_at(limit.into(), self.exchange(call, context)).await
+        let mut resent = false;
+        let reply = match tokio::time::timeout_at(
+            limit.into(),
+            self.exchange(call, context, started, &mut resent),
+        )
+        .await
         {
             Ok(reply) => reply,
-            Err(_) => Err((Outcome::Timeout, "no answer before the timeout".to_string())),
+            Err(_) => Err((Outcome::Timeout, "no whole answer before the timeout".to_string())),
         };
         let latency = started.elapsed();
-        match reply {
+        let mut exchange = match reply {
             Ok(Reply::Succeeded { psp_reference }) => {
                 exchange(Outcome::Succeeded, Some(psp_reference), None, latency, None)
             }
@@ -181,15 +207,52 @@ impl ChannelClient {
             Ok(Reply::Error { reason }) => {
                 exchange(Outcome::Error, None, None, latency, Some(reason))
             }
+            Ok(Reply::Unknown) => {
+                let mut unknown = exchange(Outcome::Declined, None, None, latency, None);
+                unknown.unknown_to_psp = true;
+                unknown
+            }
             Err((outcome, reason)) => exchange(outcome, None, None, latency, Some(reason)),
-        }
+        };
+        exchange.resent = resent;
+        exchange
     }
 
     async fn exchange(
         &self,
         call: &Call<'_>,
         context: &CallContext<'_>,
+        started: Instant,
+        resent: &mut bool,
     ) -> Result<Reply, (Outcome, String)> {
+        let mut first = self.request(call, context)?;
+        let connection = stale::capture(&mut first);
+        let response = match self.client.request(first).await {
+            Ok(response) => response,
+            Err(error) if stale::closed_before_answer(&error, &connection, started) => {
+                tracing::debug!(channel = %self.name, error = %error_chain(&error), "pooled connection was closed by the PSP; sending again on a fresh one");
+                *resent = true;
+                self.fresh
+                    .request(self.request(call, context)?)
+                    .await
+                    .map_err(failure)?
+            }
+            Err(error) => return Err(failure(error)),
+        };
+        let status = response.status();
+        let body = Limited::new(response.into_body(), self.max_response_bytes)
+            .collect()
+            .await
+            .map_err(|e| (Outcome::Error, format!("reading the PSP answer: {e}")))?
+            .to_bytes();
+        Ok(self.protocol.reply(call, status, &body))
+    }
+
+    fn request(
+        &self,
+        call: &Call<'_>,
+        context: &CallContext<'_>,
+    ) -> Result<http::Request<Full<Bytes>>, (Outcome, String)> {
         let mut request = self
             .protocol
             .request(&self.base, call, context)
@@ -198,24 +261,19 @@ impl ChannelClient {
         for (name, value) in &self.headers {
             headers.insert(name.clone(), value.clone());
         }
-        let response = self.client.request(request).await.map_err(|e| {
-            // A connect error means nothing was written: the PSP surely did not process it.
-            // Anything later (reset, closed mid-answer) may have been processed.
-            let outcome = if e.is_connect() {
-                Outcome::Unavailable
-            } else {
-                Outcome::Error
-            };
-            (outcome, error_chain(&e))
-        })?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| (Outcome::Error, format!("reading the PSP answer: {e}")))?
-            .to_bytes();
-        Ok(self.protocol.reply(status, &body))
+        Ok(request)
     }
+}
+
+/// A connect error means nothing was written: the PSP surely did not process it. Anything
+/// later (reset, closed mid-answer) may have been processed.
+fn failure(error: hyper_util::client::legacy::Error) -> (Outcome, String) {
+    let outcome = if error.is_connect() {
+        Outcome::Unavailable
+    } else {
+        Outcome::Error
+    };
+    (outcome, error_chain(&error))
 }
 
 fn exchange(
@@ -231,6 +289,8 @@ fn exchange(
         decline_code,
         latency,
         detail,
+        unknown_to_psp: false,
+        resent: false,
     }
 }
 

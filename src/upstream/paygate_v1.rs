@@ -1,24 +1,17 @@
 //! Dialect `paygate-v1`, the contract's PSP protocol (the one `paygate mock-psp` speaks):
 //! JSON over `POST {url}/payments`, `.../{ref}/capture`, `.../{ref}/refunds` and
-//! `GET {url}/payments/{ref}`, each answered with `{status, psp_reference, decline_code}`.
+//! `GET {url}/payments/{ref}`, each answered with `{status, psp_reference, decline_code}`;
+//! a payment whose answer never arrived is found with `GET {url}/payments/by-paygate-id/{id}`
+//! (404: the PSP never received it).
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use super::protocol::{Call, CallContext, ProtocolError, PspProtocol, Reply};
 
 pub struct PaygateV1;
-
-/// The merchant's body with `paygate_id` added, serialized without copying the body.
-#[derive(Serialize)]
-struct Authorize<'a> {
-    #[serde(flatten)]
-    payment: &'a Map<String, Value>,
-    paygate_id: &'a str,
-}
 
 #[derive(Serialize)]
 struct FollowUp<'a> {
@@ -45,10 +38,7 @@ impl PspProtocol for PaygateV1 {
             Call::Authorize { payment } => (
                 Method::POST,
                 "/payments".to_string(),
-                serde_json::to_vec(&Authorize {
-                    payment,
-                    paygate_id,
-                }),
+                payment.with_paygate_id(paygate_id),
             ),
             Call::Capture {
                 psp_reference,
@@ -66,9 +56,18 @@ impl PspProtocol for PaygateV1 {
                 format!("/payments/{}/refunds", path_segment(psp_reference)?),
                 serde_json::to_vec(&FollowUp { amount, paygate_id }),
             ),
-            Call::Status { psp_reference } => (
+            Call::Status {
+                psp_reference: Some(psp_reference),
+            } => (
                 Method::GET,
                 format!("/payments/{}", path_segment(psp_reference)?),
+                Ok(Vec::new()),
+            ),
+            Call::Status {
+                psp_reference: None,
+            } => (
+                Method::GET,
+                format!("/payments/by-paygate-id/{}", path_segment(paygate_id)?),
                 Ok(Vec::new()),
             ),
         };
@@ -89,7 +88,16 @@ impl PspProtocol for PaygateV1 {
             .map_err(|e| ProtocolError(e.to_string()))
     }
 
-    fn reply(&self, status: StatusCode, body: &[u8]) -> Reply {
+    fn reply(&self, call: &Call<'_>, status: StatusCode, body: &[u8]) -> Reply {
+        let lookup = matches!(
+            call,
+            Call::Status {
+                psp_reference: None
+            }
+        );
+        if lookup && status == StatusCode::NOT_FOUND {
+            return Reply::Unknown;
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             return Reply::Unavailable {
                 reason: format!("PSP answered {}", status.as_u16()),
@@ -143,27 +151,54 @@ fn path_segment(reference: &str) -> Result<&str, ProtocolError> {
 mod tests {
     use super::*;
 
+    const STATUS: Call<'static> = Call::Status {
+        psp_reference: Some("a-1"),
+    };
+
+    #[test]
+    fn a_lookup_by_paygate_id_reads_404_as_never_received() {
+        let lookup = Call::Status {
+            psp_reference: None,
+        };
+        assert_eq!(
+            PaygateV1.reply(&lookup, StatusCode::NOT_FOUND, b"{}"),
+            Reply::Unknown
+        );
+        let context = CallContext {
+            paygate_id: "pay_1",
+            idempotency_key: "pay_1",
+            request_id: "r",
+            traceparent: None,
+        };
+        let request = PaygateV1.request("http://psp", &lookup, &context).unwrap();
+        assert_eq!(request.uri(), "http://psp/payments/by-paygate-id/pay_1");
+        assert!(matches!(
+            PaygateV1.reply(&STATUS, StatusCode::NOT_FOUND, b"{}"),
+            Reply::Error { .. }
+        ));
+    }
+
     #[test]
     fn classifies_answers() {
         let p = PaygateV1;
         assert!(matches!(
-            p.reply(StatusCode::SERVICE_UNAVAILABLE, b""),
+            p.reply(&STATUS, StatusCode::SERVICE_UNAVAILABLE, b""),
             Reply::Unavailable { .. }
         ));
         assert!(matches!(
-            p.reply(StatusCode::TOO_MANY_REQUESTS, b""),
+            p.reply(&STATUS, StatusCode::TOO_MANY_REQUESTS, b""),
             Reply::Unavailable { .. }
         ));
         assert!(matches!(
-            p.reply(StatusCode::INTERNAL_SERVER_ERROR, b"{}"),
+            p.reply(&STATUS, StatusCode::INTERNAL_SERVER_ERROR, b"{}"),
             Reply::Error { .. }
         ));
         assert!(matches!(
-            p.reply(StatusCode::OK, b"<html>"),
+            p.reply(&STATUS, StatusCode::OK, b"<html>"),
             Reply::Error { .. }
         ));
         assert_eq!(
-            p.reply(
+            p.reply(&STATUS, 
                 StatusCode::OK,
                 br#"{"status":"succeeded","psp_reference":"a-1"}"#
             ),
@@ -172,7 +207,7 @@ mod tests {
             }
         );
         assert_eq!(
-            p.reply(
+            p.reply(&STATUS, 
                 StatusCode::NOT_FOUND,
                 br#"{"status":"declined","psp_reference":"x","decline_code":"unknown_payment"}"#
             ),
@@ -185,9 +220,8 @@ mod tests {
 
     #[test]
     fn authorize_adds_paygate_id_and_keeps_unknown_fields() {
-        let mut payment = Map::new();
-        payment.insert("amount".into(), Value::from(5));
-        payment.insert("extra".into(), Value::from("kept"));
+        let bytes = br#"{"amount":5,"extra":"kept","n":123456789012345678901234567890}"#;
+        let payment = crate::payload::PaymentBody::parse(bytes).unwrap();
         let context = CallContext {
             paygate_id: "pay_1",
             idempotency_key: "pay_1",
@@ -203,9 +237,10 @@ mod tests {
             .unwrap();
         assert_eq!(request.uri(), "http://psp/payments");
         assert_eq!(request.headers()["idempotency-key"], "pay_1");
-        let body: Value = serde_json::from_slice(&futures_body(request.into_body())).unwrap();
-        assert_eq!(body["paygate_id"], "pay_1");
-        assert_eq!(body["extra"], "kept");
+        assert_eq!(
+            futures_body(request.into_body()),
+            &br#"{"amount":5,"extra":"kept","n":123456789012345678901234567890,"paygate_id":"pay_1"}"#[..]
+        );
     }
 
     #[test]
@@ -217,7 +252,7 @@ mod tests {
             traceparent: None,
         };
         let call = Call::Status {
-            psp_reference: "../admin",
+            psp_reference: Some("../admin"),
         };
         assert!(PaygateV1.request("http://psp", &call, &context).is_err());
     }

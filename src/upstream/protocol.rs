@@ -7,14 +7,15 @@
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
-use serde_json::{Map, Value};
+
+use crate::payload::PaymentBody;
 
 /// What paygate asks of a channel.
 #[derive(Debug, Clone, Copy)]
 pub enum Call<'a> {
     /// A new payment: the merchant's body, passed through with unknown fields.
     Authorize {
-        payment: &'a Map<String, Value>,
+        payment: &'a PaymentBody<'a>,
     },
     Capture {
         psp_reference: &'a str,
@@ -24,9 +25,11 @@ pub enum Call<'a> {
         psp_reference: &'a str,
         amount: u64,
     },
-    /// The current status of a payment (reconciliation).
+    /// The current status of a payment (reconciliation): by the PSP's reference when an
+    /// answer gave one, otherwise by the `paygate_id` of the [`CallContext`] (the payment's
+    /// answer never arrived). Each dialect finds a payment its own way.
     Status {
-        psp_reference: &'a str,
+        psp_reference: Option<&'a str>,
     },
 }
 
@@ -62,6 +65,9 @@ pub enum Reply {
     Error {
         reason: String,
     },
+    /// A status query the PSP answered with "no such payment": asked after the attempt's
+    /// own timeout, this proves the payment was never received.
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +83,6 @@ pub trait PspProtocol: Send + Sync + 'static {
         context: &CallContext<'_>,
     ) -> Result<Request<Full<Bytes>>, ProtocolError>;
 
-    /// Reads the PSP's answer.
-    fn reply(&self, status: StatusCode, body: &[u8]) -> Reply;
+    /// Reads the PSP's answer to `call`.
+    fn reply(&self, call: &Call<'_>, status: StatusCode, body: &[u8]) -> Reply;
 }
