@@ -408,7 +408,7 @@ async fn pending_payments_are_reconciled_and_the_merchant_is_told() {
     let (t, v1) = signature.split_once(",v1=").unwrap();
     let t = t.trim_start_matches("t=");
     let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_hook").unwrap();
-    mac.update(format!("{t}.").as_bytes());
+    mac.update(format!("{t}.POST./hooks/paygate.").as_bytes());
     mac.update(&body);
     assert_eq!(
         hex::encode(mac.finalize().into_bytes()),

@@ -247,8 +247,9 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
     // the answer recorded for its idempotency key). The intent was committed before the call,
     // so an outcome that cannot be committed in time is still the truth to answer: after a
     // crash the payment is reconciled on its recorded channel, and the key finds it.
-    if let Err(error) = wait_durable(scope, &id, super::journal_wait_until(scope.deadline)).await
-        && attempted.is_some()
+    if attempted.is_some()
+        && let Err(error) =
+            wait_durable(scope, &id, super::journal_wait_until(scope.deadline)).await
     {
         tracing::error!(request_id = %scope.request_id, payment = %id, %error, "outcome not yet journaled when answering; the intent is");
     }

@@ -457,9 +457,12 @@ fn write_forever(mut connection: Connection, receiver: mpsc::Receiver<Write>, sh
                     if healthy.swap(false, Ordering::AcqRel) {
                         tracing::error!(%error, "journal commit failed; refusing new payments until it works again");
                     }
-                    // Whoever waits for this batch learns at once that it is not on disk (a
-                    // payment waiting for its intent is then not sent); the writes themselves
-                    // stay and are retried.
+                    // Whoever waits for this batch, or for anything queued behind it, learns at
+                    // once that it is not on disk (a payment waiting for its intent is then not
+                    // sent); the writes themselves stay and are retried.
+                    while let Ok(write) = receiver.try_recv() {
+                        batch.push(write);
+                    }
                     let waiting = batch.len();
                     batch = fail_barriers(batch, &error);
                     queued.fetch_sub(waiting - batch.len(), Ordering::AcqRel);
