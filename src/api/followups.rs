@@ -4,6 +4,8 @@
 //! The amount is reserved on the payment before the call and settled after it, so two
 //! concurrent captures cannot together exceed the authorization.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::StatusCode;
 use serde::Serialize;
@@ -11,11 +13,11 @@ use serde_json::Value;
 
 use super::{ApiError, Scope};
 use crate::layers::HttpResponse;
-use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus};
+use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus, now_ms};
 use crate::upstream::{Call, CallContext};
 
 #[derive(Serialize)]
-struct Answer<'a> {
+pub(crate) struct Answer<'a> {
     id: &'a str,
     payment_id: &'a str,
     status: PaymentStatus,
@@ -42,36 +44,56 @@ pub async fn follow_up(
 ) -> Result<HttpResponse, ApiError> {
     let requested = requested_amount(body)?;
     let store = &scope.gateway.store;
+    let snapshot = scope.gateway.snapshot();
+    let operation_id = match kind {
+        FollowUpKind::Capture => format!("cap_{}", ulid::Ulid::generate()),
+        FollowUpKind::Refund => format!("ref_{}", ulid::Ulid::generate()),
+    };
+    let remaining = scope.deadline.saturating_duration_since(Instant::now());
+    let in_doubt_until = |channel: &str| {
+        let timeout = snapshot
+            .config
+            .channel_by_name(channel)
+            .map_or(remaining, |c| c.timeout.min(remaining));
+        now_ms() + timeout.as_millis() as u64 + super::payments::IN_FLIGHT_MARGIN_MS
+    };
     let mut reserved = Err(ApiError::NotFound(format!("no payment {id}")));
     store.update(id, &mut |payment| {
         reserved = if *payment.merchant == *scope.merchant {
-            reserve(payment, kind, requested)
+            reserve(payment, kind, requested, &operation_id, &in_doubt_until)
         } else {
             Err(ApiError::NotFound(format!("no payment {id}")))
         };
     });
     let reservation = reserved?;
-    let snapshot = scope.gateway.snapshot();
+    // The write-ahead intent, as for payments: the operation (pending) and the merchant's key
+    // are on disk before the call, or the call does not happen.
+    if let Some(key) = &scope.key {
+        let target = crate::store::idempotency::target(id, Some(&operation_id));
+        let settings = &snapshot.config.idempotency;
+        scope.gateway.idempotency.bind(key, &target, settings);
+    }
+    let until = Instant::now() + super::payments::INTENT_WAIT;
+    if let Err(error) = super::payments::wait_durable(scope, id, until).await {
+        tracing::error!(request_id = %scope.request_id, payment = %id, operation = %operation_id, %error, "intent not recorded: the operation is not sent");
+        store.update(id, &mut |payment| {
+            if let Some(op) = payment.operations.iter_mut().find(|op| op.id == operation_id) {
+                op.status = PaymentStatus::Failed;
+                op.in_doubt_until_ms = None;
+            }
+        });
+        return Err(ApiError::Overloaded(format!(
+            "{error}; the {} of payment {id} was not sent",
+            kind_name(kind)
+        )));
+    }
     let client = snapshot
         .config
         .channel_by_name(&reservation.channel)
         .and_then(|c| snapshot.upstreams.channel(c.id));
-    let operation_id = match kind {
-        FollowUpKind::Capture => format!("cap_{}", ulid::Ulid::generate()),
-        FollowUpKind::Refund => format!("ref_{}", ulid::Ulid::generate()),
-    };
     let exchange = match client {
         Some(client) => {
-            let call = match kind {
-                FollowUpKind::Capture => Call::Capture {
-                    psp_reference: &reservation.psp_reference,
-                    amount: reservation.amount,
-                },
-                FollowUpKind::Refund => Call::Refund {
-                    psp_reference: &reservation.psp_reference,
-                    amount: reservation.amount,
-                },
-            };
+            let call = operation_call(kind, &reservation.psp_reference, reservation.amount);
             let context = CallContext {
                 paygate_id: id,
                 idempotency_key: &operation_id,
@@ -85,61 +107,85 @@ pub async fn follow_up(
     let outcome = exchange
         .as_ref()
         .map_or(Outcome::Unavailable, |e| e.outcome);
-    let status = match outcome {
-        Outcome::Succeeded => PaymentStatus::Succeeded,
-        Outcome::Declined => PaymentStatus::Declined,
-        Outcome::Pending | Outcome::Error | Outcome::Timeout => PaymentStatus::Pending,
-        Outcome::Unavailable => PaymentStatus::Failed,
-    };
-    let record = FollowUp {
-        id: operation_id,
-        payment_id: id.to_string(),
-        kind,
-        status,
-        amount: reservation.amount,
-        channel: reservation.channel.clone(),
-        psp_reference: exchange.as_ref().and_then(|e| e.psp_reference.clone()),
-        decline_code: exchange.as_ref().and_then(|e| e.decline_code.clone()),
-    };
-    store.update(id, &mut |payment| settle(payment, &record));
+    let status = operation_status(outcome);
+    let mut record = None;
+    store.update(id, &mut |payment| {
+        record = settle(
+            payment,
+            &operation_id,
+            status,
+            exchange.as_ref().and_then(|e| e.psp_reference.clone()),
+            exchange.as_ref().and_then(|e| e.decline_code.clone()),
+        );
+    });
+    let record = record.ok_or_else(|| {
+        ApiError::NotFound(format!("operation {operation_id} vanished from payment {id}"))
+    })?;
     let answer = if status == PaymentStatus::Failed {
         Err(ApiError::AllChannelsFailed {
             payment_id: id.to_string(),
         })
     } else {
-        let answer = Answer {
-            id: &record.id,
-            payment_id: id,
-            status,
-            amount: record.amount,
-            channel: &record.channel,
-            psp_reference: record.psp_reference.as_deref(),
-            decline_code: record.decline_code.as_deref(),
-        };
+        let body = answer_of(&record);
         Ok(super::answer_recorded(
             scope,
             StatusCode::OK,
-            &answer,
+            &body,
             Some(&record.channel),
         ))
     };
-    let recorded = match tokio::time::timeout_at(
-        super::journal_wait_until(scope.deadline).into(),
-        store.durable(id),
-    )
-    .await
+    // The intent is on disk, so an outcome that cannot be committed in time is still the
+    // truth to answer (a crash leaves the operation pending, and reconciliation settles it).
+    if let Err(error) =
+        super::payments::wait_durable(scope, id, super::journal_wait_until(scope.deadline)).await
     {
-        Ok(result) => result,
-        Err(_) => Err(crate::store::StoreError::Unavailable(
-            "is not writing".into(),
-        )),
-    };
-    if let Err(e) = recorded {
-        return Err(ApiError::Overloaded(format!(
-            "{e}: the {kind:?} of payment {id} could not be recorded in time; GET /v1/payments/{id} tells its status"
-        )));
+        tracing::error!(request_id = %scope.request_id, payment = %id, operation = %record.id, %error, "outcome not yet journaled when answering; the intent is");
     }
     answer
+}
+
+fn kind_name(kind: FollowUpKind) -> &'static str {
+    match kind {
+        FollowUpKind::Capture => "capture",
+        FollowUpKind::Refund => "refund",
+    }
+}
+
+/// The call that carries out (or, re-sent with the same key, replays) an operation.
+pub(crate) fn operation_call(kind: FollowUpKind, psp_reference: &str, amount: u64) -> Call<'_> {
+    match kind {
+        FollowUpKind::Capture => Call::Capture {
+            psp_reference,
+            amount,
+        },
+        FollowUpKind::Refund => Call::Refund {
+            psp_reference,
+            amount,
+        },
+    }
+}
+
+/// What an operation's call came to.
+pub(crate) fn operation_status(outcome: Outcome) -> PaymentStatus {
+    match outcome {
+        Outcome::Succeeded => PaymentStatus::Succeeded,
+        Outcome::Declined => PaymentStatus::Declined,
+        Outcome::Pending | Outcome::Error | Outcome::Timeout => PaymentStatus::Pending,
+        Outcome::Unavailable => PaymentStatus::Failed,
+    }
+}
+
+/// The answer to a capture or refund (and to a repeat of it with the same key).
+pub(crate) fn answer_of(op: &FollowUp) -> Answer<'_> {
+    Answer {
+        id: &op.id,
+        payment_id: &op.payment_id,
+        status: op.status,
+        amount: op.amount,
+        channel: &op.channel,
+        psp_reference: op.psp_reference.as_deref(),
+        decline_code: op.decline_code.as_deref(),
+    }
 }
 
 /// `{"amount": n}` or an empty body (the whole remaining amount).
@@ -170,6 +216,8 @@ fn reserve(
     payment: &mut Payment,
     kind: FollowUpKind,
     requested: Option<u64>,
+    operation_id: &str,
+    in_doubt_until: &dyn Fn(&str) -> u64,
 ) -> Result<Reservation, ApiError> {
     let invalid = |m: String| Err(ApiError::InvalidRequest(m));
     if payment.status != PaymentStatus::Succeeded {
@@ -181,17 +229,18 @@ fn reserve(
     let (Some(channel), Some(psp_reference)) = (&payment.channel, &payment.psp_reference) else {
         return invalid(format!("payment {} has no authorizing channel", payment.id));
     };
+    let in_flight = payment.in_flight(kind);
     let (left, verb) = match kind {
         FollowUpKind::Capture => (
             payment
                 .amount
-                .saturating_sub(payment.captured_amount + payment.capture_in_flight),
+                .saturating_sub(payment.captured_amount + in_flight),
             "captured",
         ),
         FollowUpKind::Refund => (
             payment
                 .captured_amount
-                .saturating_sub(payment.refunded_amount + payment.refund_in_flight),
+                .saturating_sub(payment.refunded_amount + in_flight),
             "refunded",
         ),
     };
@@ -212,27 +261,48 @@ fn reserve(
         channel: channel.clone(),
         psp_reference: psp_reference.clone(),
     };
-    match kind {
-        FollowUpKind::Capture => payment.capture_in_flight += amount,
-        FollowUpKind::Refund => payment.refund_in_flight += amount,
-    }
+    // The pending operation is the reservation.
+    payment.operations.push(FollowUp {
+        id: operation_id.to_string(),
+        payment_id: payment.id.clone(),
+        kind,
+        status: PaymentStatus::Pending,
+        amount,
+        channel: channel.clone(),
+        psp_reference: None,
+        decline_code: None,
+        in_doubt_until_ms: Some(in_doubt_until(channel)),
+    });
     Ok(reservation)
 }
 
-/// Releases the reservation and books what the channel did. A pending operation stays
-/// reserved: the PSP may still carry it out, so its amount must not be offered again.
-fn settle(payment: &mut Payment, record: &FollowUp) {
-    let (in_flight, done) = match record.kind {
-        FollowUpKind::Capture => (&mut payment.capture_in_flight, &mut payment.captured_amount),
-        FollowUpKind::Refund => (&mut payment.refund_in_flight, &mut payment.refunded_amount),
-    };
-    match record.status {
-        PaymentStatus::Pending => {}
-        PaymentStatus::Succeeded => {
-            *in_flight -= record.amount;
-            *done += record.amount;
-        }
-        PaymentStatus::Declined | PaymentStatus::Failed => *in_flight -= record.amount,
+/// Books what the channel did with a pending operation; the operation as it now stands. A
+/// pending answer keeps it reserved: the PSP may still carry it out, so its amount must not
+/// be offered again. An operation already settled (by reconciliation) is left as it is.
+pub(crate) fn settle(
+    payment: &mut Payment,
+    operation_id: &str,
+    status: PaymentStatus,
+    psp_reference: Option<String>,
+    decline_code: Option<String>,
+) -> Option<FollowUp> {
+    let op = payment
+        .operations
+        .iter_mut()
+        .find(|op| op.id == operation_id)?;
+    if op.status != PaymentStatus::Pending || status == PaymentStatus::Pending {
+        return Some(op.clone());
     }
-    payment.operations.push(record.clone());
+    op.status = status;
+    op.in_doubt_until_ms = None;
+    op.psp_reference = psp_reference.or(op.psp_reference.take());
+    op.decline_code = decline_code;
+    let op = op.clone();
+    if status == PaymentStatus::Succeeded {
+        match op.kind {
+            FollowUpKind::Capture => payment.captured_amount += op.amount,
+            FollowUpKind::Refund => payment.refunded_amount += op.amount,
+        }
+    }
+    Some(op)
 }

@@ -132,6 +132,30 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     }
 }
 
+/// What a repeat of a request answers, read from what its key made as it now stands: the
+/// payment (pending, or settled since), or the capture or refund. None when the store cannot
+/// read it.
+pub fn current_answer(
+    store: &dyn crate::store::PaymentStore,
+    target: &str,
+) -> Option<crate::store::idempotency::StoredResponse> {
+    let (payment_id, operation_id) = crate::store::idempotency::split_target(target);
+    let payment = store.get(payment_id)?;
+    let (body, channel) = match operation_id {
+        None => (serde_json::to_vec(&payment).ok()?, payment.channel.clone()),
+        Some(operation_id) => {
+            let op = payment.operations.iter().find(|op| op.id == operation_id)?;
+            let body = serde_json::to_vec(&followups::answer_of(op)).ok()?;
+            (body, Some(op.channel.clone()))
+        }
+    };
+    Some(crate::store::idempotency::StoredResponse {
+        status: StatusCode::OK.as_u16(),
+        body: body.into(),
+        channel,
+    })
+}
+
 /// How long an answer may wait for the journal: the request's deadline bounds the calls to
 /// PSPs, but an outcome already known deserves a moment more to be recorded.
 const JOURNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

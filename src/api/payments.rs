@@ -75,8 +75,11 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
         .insert(new.into_payment(&id, &scope.merchant))
         .map_err(|e| ApiError::Overloaded(format!("{e}; the payment was not sent")))?;
     if let Some(key) = &scope.key {
-        let settings = &config.idempotency;
-        scope.gateway.idempotency.bind(key, &id, settings);
+        let target = crate::store::idempotency::target(&id, None);
+        scope
+            .gateway
+            .idempotency
+            .bind(key, &target, &config.idempotency);
     }
 
     let mut finished = None;
@@ -257,9 +260,9 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
 }
 
 /// How long the write-ahead intent may take to commit before the payment is given up unsent.
-const INTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const INTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Time for a request to reach the PSP after its own timeout ran out on paygate's side.
-const IN_FLIGHT_MARGIN_MS: u64 = 500;
+pub(super) const IN_FLIGHT_MARGIN_MS: u64 = 500;
 
 /// The write-ahead intent: the journal holds the payment, the channel it is about to go to
 /// and the merchant's key (bound before) before the first byte is sent. Failing that (disk
@@ -278,7 +281,7 @@ async fn record_intent(
     wait_durable(scope, id, Instant::now() + INTENT_WAIT).await
 }
 
-async fn wait_durable(scope: &Scope, id: &str, until: Instant) -> Result<(), StoreError> {
+pub(super) async fn wait_durable(scope: &Scope, id: &str, until: Instant) -> Result<(), StoreError> {
     let durable = scope.gateway.store.durable(id);
     match tokio::time::timeout_at(until.into(), durable).await {
         Ok(result) => result,
@@ -467,8 +470,6 @@ impl NewPayment {
             card: self.card,
             captured_amount: 0,
             refunded_amount: 0,
-            capture_in_flight: 0,
-            refund_in_flight: 0,
             reconciled: false,
             capture: self.capture,
             in_doubt_until_ms: None,

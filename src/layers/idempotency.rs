@@ -193,13 +193,7 @@ fn current_payment(gateway: &Gateway, payment_id: &str) -> Result<StoredResponse
             "the payment made with this Idempotency-Key cannot be read yet; retry shortly".into(),
         )
     };
-    let payment = gateway.store.get(payment_id).ok_or_else(unreadable)?;
-    let body = serde_json::to_vec(&payment).map_err(|_| unreadable())?;
-    Ok(StoredResponse {
-        status: StatusCode::OK.as_u16(),
-        body: body.into(),
-        channel: payment.channel,
-    })
+    crate::api::current_answer(gateway.store.as_ref(), payment_id).ok_or_else(unreadable)
 }
 
 fn replay(stored: StoredResponse) -> HttpResponse {

@@ -32,7 +32,8 @@ pub enum Begin {
     /// First time: process it, then call `finish`.
     Proceed,
     Replay(StoredResponse),
-    /// The key made this payment: the repeat is answered with the payment as it now stands.
+    /// The key made this payment, or capture or refund ([`target`]): the repeat is answered
+    /// with it as it now stands.
     Payment(String),
     /// Same key, different request.
     Mismatch,
@@ -58,6 +59,23 @@ impl Scope {
     }
 }
 
+/// What a key made, as its record names it: a payment (`pay_...`), or one capture or refund
+/// of it (`pay_.../cap_...`).
+pub fn target(payment_id: &str, operation_id: Option<&str>) -> String {
+    match operation_id {
+        Some(operation) => format!("{payment_id}/{operation}"),
+        None => payment_id.to_string(),
+    }
+}
+
+/// The payment and operation a [`target`] names.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('/') {
+        Some((payment, operation)) => (payment, Some(operation)),
+        None => (target, None),
+    }
+}
+
 pub trait IdempotencyStore: Send + Sync + 'static {
     fn begin(
         &self,
@@ -76,9 +94,9 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         now: Instant,
         settings: &Settings,
     ) -> bool;
-    /// The request in flight under `scope` made payment `payment_id`, about to be sent to a
-    /// PSP: a store that survives a crash records the link before the call.
-    fn bind(&self, _scope: &Scope, _payment_id: &str, _settings: &Settings) {}
+    /// The request in flight under `scope` made `target` (see [`target`]), about to be sent
+    /// to a PSP: a store that survives a crash records the link before the call.
+    fn bind(&self, _scope: &Scope, _target: &str, _settings: &Settings) {}
     /// Resolves once every answer finished so far is as durable as the store promises (at
     /// once for memory), so that a retry after a crash replays it rather than charging again.
     fn flushed(&self) -> super::Durable {

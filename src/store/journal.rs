@@ -194,15 +194,28 @@ fn live_keys(reader: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
 
 /// Columns added since the first journals were written.
 fn migrate(connection: &Connection) -> rusqlite::Result<()> {
-    let has_payment_id: bool = connection.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('idempotency') WHERE name = 'payment_id'",
+    let has_target: bool = connection.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('idempotency') WHERE name = 'target'",
         [],
         |row| row.get(0),
     )?;
-    if !has_payment_id {
-        connection.execute_batch("ALTER TABLE idempotency ADD COLUMN payment_id TEXT")?;
+    if !has_target {
+        connection.execute_batch("ALTER TABLE idempotency ADD COLUMN target TEXT")?;
     }
-    Ok(())
+    let has_in_doubt: bool = connection.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('payments') WHERE name = 'in_doubt'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_in_doubt {
+        connection.execute_batch(
+            "ALTER TABLE payments ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
+             UPDATE payments SET in_doubt = 1 WHERE status = 'pending';",
+        )?;
+    }
+    connection.execute_batch(
+        "CREATE INDEX IF NOT EXISTS payments_in_doubt ON payments (in_doubt) WHERE in_doubt = 1",
+    )
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -291,7 +304,7 @@ impl PaymentStore for JournalStore {
         let Ok(reader) = self.reader.lock() else {
             return pending;
         };
-        let Ok(mut query) = reader.prepare("SELECT record FROM payments WHERE status = 'pending'")
+        let Ok(mut query) = reader.prepare("SELECT record FROM payments WHERE in_doubt = 1")
         else {
             return pending;
         };
@@ -324,7 +337,7 @@ impl Committed for JournalStore {
         let reader = self.reader.lock().ok()?;
         let mut query = reader
             .prepare_cached(
-                "SELECT request_hash, status, body, channel, expires_at_ms, payment_id
+                "SELECT request_hash, status, body, channel, expires_at_ms, target
                  FROM idempotency WHERE scope = ?1",
             )
             .ok()?;
@@ -344,7 +357,7 @@ impl Committed for JournalStore {
                 Ok(KeyRecord {
                     request_hash: hash.try_into().unwrap_or([0; 32]),
                     answer,
-                    payment_id: row.get(5)?,
+                    target: row.get(5)?,
                     expires_at_ms: row.get::<_, i64>(4)? as u64,
                 })
             })
@@ -369,9 +382,9 @@ impl IdempotencyStore for JournalStore {
             .begin(scope, request_hash, now_ms(), settings.max_keys, self)
     }
 
-    fn bind(&self, scope: &Scope, payment_id: &str, settings: &Idempotency) {
+    fn bind(&self, scope: &Scope, target: &str, settings: &Idempotency) {
         let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
-        if let Some(record) = self.keys.bind(scope, payment_id, expires_at_ms) {
+        if let Some(record) = self.keys.bind(scope, target, expires_at_ms) {
             self.enqueue(Write::Key(scope.clone(), record));
         }
     }
@@ -387,8 +400,9 @@ impl IdempotencyStore for JournalStore {
     ) -> bool {
         let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
         let bound = self.keys.bound(scope);
-        let keep = bound.as_deref().is_some_and(|id| {
-            PaymentStore::get(self, id).is_none_or(|p| p.status != PaymentStatus::Failed)
+        let keep = bound.as_deref().is_some_and(|target| {
+            let (payment_id, operation_id) = super::idempotency::split_target(target);
+            PaymentStore::get(self, payment_id).is_none_or(|p| !p.surely_failed(operation_id))
         });
         let record = self.keys.finish(scope, answer, keep, expires_at_ms);
         let Some(record) = record else {
@@ -518,13 +532,13 @@ fn commit(
         let mut payment_row = transaction.prepare_cached(
             "INSERT INTO payments (id, merchant, amount, currency, method, country, status, channel,
                 psp_reference, decline_code, card_bin, card_last4, captured_amount, refunded_amount,
-                reconciled, created_at_ms, updated_at_ms, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                reconciled, created_at_ms, updated_at_ms, record, in_doubt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, channel = excluded.channel,
                 psp_reference = excluded.psp_reference, decline_code = excluded.decline_code,
                 captured_amount = excluded.captured_amount, refunded_amount = excluded.refunded_amount,
                 reconciled = excluded.reconciled, updated_at_ms = excluded.updated_at_ms,
-                record = excluded.record",
+                record = excluded.record, in_doubt = excluded.in_doubt",
         )?;
         let mut attempt_row = transaction.prepare_cached(
             "INSERT OR IGNORE INTO attempts (payment_id, number, merchant, channel, outcome,
@@ -533,7 +547,7 @@ fn commit(
         )?;
         let mut key_row = transaction.prepare_cached(
             "INSERT OR REPLACE INTO idempotency (scope, request_hash, status, body, channel,
-                expires_at_ms, payment_id)
+                expires_at_ms, target)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut event_row = transaction.prepare_cached(
@@ -569,6 +583,7 @@ fn commit(
                         p.created_at_ms as i64,
                         now_ms() as i64,
                         record,
+                        p.in_doubt(),
                     ])?;
                     for (index, attempt) in p.attempts.iter().enumerate() {
                         attempt_row.execute(params![
@@ -606,7 +621,7 @@ fn commit(
                         answer.map_or(&[][..], |a| &a.body[..]),
                         answer.and_then(|a| a.channel.as_deref()),
                         record.expires_at_ms as i64,
-                        record.payment_id,
+                        record.target,
                     ])?;
                 }
                 Write::FreeKey(scope) => {
@@ -659,8 +674,6 @@ mod tests {
             card: None,
             captured_amount: 0,
             refunded_amount: 0,
-            capture_in_flight: 0,
-            refund_in_flight: 0,
             reconciled: false,
             capture: false,
             in_doubt_until_ms: None,

@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS payments (
     captured_amount INTEGER NOT NULL DEFAULT 0,
     refunded_amount INTEGER NOT NULL DEFAULT 0,
     reconciled      INTEGER NOT NULL DEFAULT 0, -- 1 once a pending payment got its final status
+    in_doubt        INTEGER NOT NULL DEFAULT 0, -- 1 while it or a capture or refund of it is pending
     created_at_ms   INTEGER NOT NULL,
     updated_at_ms   INTEGER NOT NULL,
     record          TEXT NOT NULL              -- the whole stored payment as JSON (masked card)
@@ -61,6 +62,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body          BLOB NOT NULL,               -- the first answer (masked card at most); empty: none
     channel       TEXT,
     expires_at_ms INTEGER NOT NULL,
-    payment_id    TEXT                         -- the payment the key made (answered by its state)
+    target        TEXT                         -- what the key made: pay_... or pay_.../cap_... (answered as it stands)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at_ms);

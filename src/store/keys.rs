@@ -25,15 +25,16 @@ use super::idempotency::{Begin, Scope, StoredResponse};
 pub struct KeyRecord {
     pub request_hash: [u8; 32],
     pub answer: Option<StoredResponse>,
-    pub payment_id: Option<String>,
+    /// What the key made (`idempotency::target`), answered as it now stands.
+    pub target: Option<String>,
     pub expires_at_ms: u64,
 }
 
 impl KeyRecord {
     /// What a repeat of the request gets.
     fn replay(&self) -> Begin {
-        match (&self.payment_id, &self.answer) {
-            (Some(payment_id), _) => Begin::Payment(payment_id.clone()),
+        match (&self.target, &self.answer) {
+            (Some(target), _) => Begin::Payment(target.clone()),
             (None, Some(answer)) => Begin::Replay(answer.clone()),
             // Neither is ever journaled; treat it as still running rather than run it twice.
             (None, None) => Begin::InFlight(watch::channel(()).1),
@@ -46,7 +47,7 @@ enum Live {
     InFlight {
         request_hash: [u8; 32],
         finished: watch::Sender<()>,
-        payment_id: Option<String>,
+        target: Option<String>,
     },
     /// Answered; removed once the journal has committed it.
     Answered(KeyRecord),
@@ -118,40 +119,41 @@ impl JournalKeys {
                 vacant.insert(Live::InFlight {
                     request_hash,
                     finished: watch::channel(()).0,
-                    payment_id: None,
+                    target: None,
                 });
                 Begin::Proceed
             }
         }
     }
 
-    /// The request in flight made payment `payment_id`: the record to journal before the
-    /// payment goes to a PSP, so that a retry after a crash finds it.
-    pub fn bind(&self, scope: &Scope, payment_id: &str, expires_at_ms: u64) -> Option<KeyRecord> {
+    /// The request in flight made `target` (a payment, or a capture or refund of one; see
+    /// `idempotency::target`): the record to journal before it goes to a PSP, so that a retry
+    /// after a crash finds it.
+    pub fn bind(&self, scope: &Scope, target: &str, expires_at_ms: u64) -> Option<KeyRecord> {
         let mut live = self.live.get_mut(scope)?;
         let Live::InFlight {
             request_hash,
-            payment_id: bound,
+            target: bound,
             ..
         } = &mut *live
         else {
             return None;
         };
-        *bound = Some(payment_id.to_string());
+        *bound = Some(target.to_string());
         // The filter learns the key before a crash could leave it only in the journal.
         self.filter.insert(scope.as_str(), expires_at_ms);
         Some(KeyRecord {
             request_hash: *request_hash,
             answer: None,
-            payment_id: Some(payment_id.to_string()),
+            target: Some(target.to_string()),
             expires_at_ms,
         })
     }
 
-    /// The payment bound to the request in flight, if any.
+    /// What the request in flight made, if it has bound it.
     pub fn bound(&self, scope: &Scope) -> Option<String> {
         match &*self.live.get(scope)? {
-            Live::InFlight { payment_id, .. } => payment_id.clone(),
+            Live::InFlight { target, .. } => target.clone(),
             Live::Answered(_) => None,
         }
     }
@@ -179,7 +181,7 @@ impl JournalKeys {
         let mut live = self.live.get_mut(scope)?;
         let Live::InFlight {
             request_hash,
-            payment_id,
+            target,
             ..
         } = &*live
         else {
@@ -188,7 +190,7 @@ impl JournalKeys {
         let record = KeyRecord {
             request_hash: *request_hash,
             answer,
-            payment_id: payment_id.clone(),
+            target: target.clone(),
             expires_at_ms,
         };
         // The filter learns the key before memory lets go of it (after the commit).
@@ -422,7 +424,7 @@ mod tests {
         let record = KeyRecord {
             request_hash: [3; 32],
             answer: Some(answer()),
-            payment_id: None,
+            target: None,
             expires_at_ms: 5_000,
         };
         journal
@@ -447,7 +449,7 @@ mod tests {
             Begin::Proceed
         ));
         let intent = keys.bind(&scope, "pay_1", 5_000).unwrap();
-        assert_eq!(intent.payment_id.as_deref(), Some("pay_1"));
+        assert_eq!(intent.target.as_deref(), Some("pay_1"));
         assert_eq!(keys.bound(&scope).as_deref(), Some("pay_1"));
         // A crash now: a new run knows only the journal.
         journal
@@ -465,7 +467,7 @@ mod tests {
         ));
         // Without a crash, an error answer with `keep` still names the payment.
         let record = keys.finish(&scope, None, true, 5_000).unwrap();
-        assert_eq!(record.payment_id.as_deref(), Some("pay_1"));
+        assert_eq!(record.target.as_deref(), Some("pay_1"));
         assert!(
             matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Payment(id) if id == "pay_1")
         );

@@ -3,7 +3,7 @@
 
 use dashmap::DashMap;
 
-use super::{Durable, Payment, PaymentStatus, PaymentStore, StoreError};
+use super::{Durable, Payment, PaymentStore, StoreError};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -28,15 +28,11 @@ impl MemoryStore {
     }
 
     /// Notes that a journal committed `id` at `version`, and forgets the payment when it is
-    /// still at that version, settled (not pending) and has no capture or refund under way:
-    /// the journal holds it and will answer for it.
+    /// still at that version and nothing of it is in doubt: the journal holds it and will
+    /// answer for it.
     pub fn journaled(&self, id: &str, version: u64) {
         let settled = self.payments.remove_if(id, |_, held| {
-            let p = &held.payment;
-            p.version == version
-                && p.status != PaymentStatus::Pending
-                && p.capture_in_flight == 0
-                && p.refund_in_flight == 0
+            held.payment.version == version && !held.payment.in_doubt()
         });
         if settled.is_none()
             && let Some(mut held) = self.payments.get_mut(id)
@@ -97,7 +93,7 @@ impl PaymentStore for MemoryStore {
     fn pending(&self) -> Vec<Payment> {
         self.payments
             .iter()
-            .filter(|held| held.payment.status == PaymentStatus::Pending)
+            .filter(|held| held.payment.in_doubt())
             .map(|held| held.payment.clone())
             .collect()
     }

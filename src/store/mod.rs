@@ -110,6 +110,9 @@ pub struct FollowUp {
     pub psp_reference: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decline_code: Option<String>,
+    /// As [`Payment::in_doubt_until_ms`], for this operation's call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_doubt_until_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,12 +136,6 @@ pub struct Payment {
     /// Amount captured so far (the whole amount for `"capture": true`).
     pub captured_amount: u64,
     pub refunded_amount: u64,
-    /// Amounts of captures and refunds sent but not yet answered; they count against what is
-    /// left, so two concurrent captures cannot exceed the authorization.
-    #[serde(skip)]
-    pub capture_in_flight: u64,
-    #[serde(skip)]
-    pub refund_in_flight: u64,
     /// A pending payment whose final status reconciliation found.
     #[serde(default)]
     pub reconciled: bool,
@@ -158,6 +155,42 @@ pub struct Payment {
     /// somewhere is still the latest state.
     #[serde(skip)]
     pub version: u64,
+}
+
+impl Payment {
+    /// The amount of `kind` operations sent and not yet settled: it counts against what is
+    /// left, so two concurrent captures cannot exceed the authorization, and an operation in
+    /// doubt (even after a restart) keeps its amount from being offered again.
+    pub fn in_flight(&self, kind: FollowUpKind) -> u64 {
+        self.operations
+            .iter()
+            .filter(|op| op.kind == kind && op.status == PaymentStatus::Pending)
+            .map(|op| op.amount)
+            .sum()
+    }
+
+    /// Whether the payment (or its operation `operation_id`) surely reached no PSP or was
+    /// refused unprocessed: only then may its idempotency key be used afresh.
+    pub fn surely_failed(&self, operation_id: Option<&str>) -> bool {
+        let status = match operation_id {
+            None => Some(self.status),
+            Some(id) => self
+                .operations
+                .iter()
+                .find(|op| op.id == id)
+                .map(|op| op.status),
+        };
+        status == Some(PaymentStatus::Failed)
+    }
+
+    /// The payment or one of its captures or refunds awaits a final answer.
+    pub fn in_doubt(&self) -> bool {
+        self.status == PaymentStatus::Pending
+            || self
+                .operations
+                .iter()
+                .any(|op| op.status == PaymentStatus::Pending)
+    }
 }
 
 /// Keeps payments. Implementations must be safe to share between all request tasks.
@@ -182,7 +215,7 @@ pub trait PaymentStore: Send + Sync + 'static {
     fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool;
     /// Resolves when everything recorded for `id` so far is durable (at once for memory).
     fn durable(&self, id: &str) -> Durable;
-    /// Pending payments, for reconciliation.
+    /// Payments in doubt (pending, or with a pending capture or refund), for reconciliation.
     fn pending(&self) -> Vec<Payment>;
     /// A channel event (ejection, drain, enable, reload) for the daily report.
     fn event(&self, _kind: &str, _channel: Option<&str>, _detail: &str) {}
