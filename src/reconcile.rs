@@ -56,14 +56,35 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
         let settings = gateway.snapshot().config.reconciliation.clone();
         tokio::time::sleep(settings.interval).await;
         let pending = gateway.store.pending();
-        due.retain(|id, _| pending.iter().any(|p| &p.id == id));
+        let in_doubt: Vec<(Payment, Option<String>)> = pending
+            .into_iter()
+            .flat_map(|payment| {
+                let operations: Vec<String> = payment
+                    .operations
+                    .iter()
+                    .filter(|op| op.status == PaymentStatus::Pending)
+                    .filter(|op| op.in_doubt_until_ms.is_none_or(|until| now_ms() >= until))
+                    .map(|op| op.id.clone())
+                    .collect();
+                let itself = (payment.status == PaymentStatus::Pending
+                    && payment.in_doubt_until_ms.is_none_or(|until| now_ms() >= until))
+                .then_some(None);
+                itself
+                    .into_iter()
+                    .chain(operations.into_iter().map(Some))
+                    .map(move |operation| (payment.clone(), operation))
+            })
+            .collect();
+        due.retain(|id, _| {
+            in_doubt
+                .iter()
+                .any(|(p, op)| op.as_deref().unwrap_or(&p.id) == id)
+        });
         let mut queries = JoinSet::new();
-        for payment in pending {
+        for (payment, operation) in in_doubt {
             let now = Instant::now();
-            if payment.in_doubt_until_ms.is_some_and(|until| now_ms() < until) {
-                continue;
-            }
-            let entry = due.entry(payment.id.clone()).or_insert(Due {
+            let id = operation.clone().unwrap_or_else(|| payment.id.clone());
+            let entry = due.entry(id.clone()).or_insert(Due {
                 at: now,
                 wait: settings.interval,
             });
@@ -74,13 +95,18 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
             entry.at = now + entry.wait;
             let age = Duration::from_millis(now_ms().saturating_sub(payment.created_at_ms));
             if age > settings.deadline {
-                tracing::warn!(payment = %payment.id, channel = payment.channel.as_deref().unwrap_or("none"), "still pending after the reconciliation deadline: needs operations");
+                tracing::warn!(payment = %payment.id, item = %id, channel = payment.channel.as_deref().unwrap_or("none"), "still pending after the reconciliation deadline: needs operations");
                 continue;
             }
             while queries.len() >= MAX_CONCURRENT_QUERIES {
                 queries.join_next().await;
             }
-            queries.spawn(reconcile(gateway.clone(), payment, age));
+            match operation {
+                None => queries.spawn(reconcile(gateway.clone(), payment, age)),
+                Some(operation) => {
+                    queries.spawn(reconcile_operation(gateway.clone(), payment, operation))
+                }
+            };
         }
         while queries.join_next().await.is_some() {}
     }
@@ -140,6 +166,74 @@ async fn reconcile(gateway: Arc<Gateway>, payment: Payment, age: Duration) {
     }
     tracing::info!(payment = %settled.id, channel = settled.channel.as_deref().unwrap_or("none"), status = ?status, "payment reconciled");
     notify_merchant(&gateway, settled);
+}
+
+/// Re-sends a capture or refund in doubt to its channel with its own `Idempotency-Key`: a PSP
+/// that carried it out answers the first outcome again instead of doing it twice (the
+/// contract's promise for every call), one that never got it does it now, which is what the
+/// merchant asked for.
+async fn reconcile_operation(gateway: Arc<Gateway>, payment: Payment, operation_id: String) {
+    let Some(op) = payment.operations.iter().find(|op| op.id == operation_id) else {
+        return;
+    };
+    let Some(psp_reference) = payment.psp_reference.as_deref() else {
+        return;
+    };
+    let snapshot = gateway.snapshot();
+    let Some(client) = snapshot
+        .config
+        .channel_by_name(&op.channel)
+        .and_then(|c| snapshot.upstreams.channel(c.id))
+    else {
+        tracing::warn!(payment = %payment.id, operation = %op.id, channel = %op.channel, "operation pending on a channel no longer configured");
+        return;
+    };
+    let request_id = format!("rec_{}", ulid::Ulid::generate());
+    let context = CallContext {
+        paygate_id: &payment.id,
+        idempotency_key: &op.id,
+        request_id: &request_id,
+        traceparent: None,
+    };
+    let call = crate::api::operation_call(op.kind, psp_reference, op.amount);
+    let exchange = client
+        .send(&call, &context, Instant::now() + QUERY_TIMEOUT)
+        .await;
+    let status = crate::api::operation_status(exchange.outcome);
+    let result = match exchange.outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Declined => "declined",
+        Outcome::Pending => "pending",
+        _ => "error",
+    };
+    gateway.metrics.reconciliation(&op.channel, result);
+    // A re-send refused unprocessed (503) says nothing of the first: still in doubt.
+    if matches!(status, PaymentStatus::Pending | PaymentStatus::Failed) {
+        return;
+    }
+    let mut settled = None;
+    gateway.store.update(&payment.id, &mut |p| {
+        let was_pending = p
+            .operations
+            .iter()
+            .any(|o| o.id == operation_id && o.status == PaymentStatus::Pending);
+        if was_pending {
+            settled = crate::api::settle_operation(
+                p,
+                &operation_id,
+                status,
+                exchange.psp_reference.clone(),
+                exchange.decline_code.clone(),
+            );
+        }
+    });
+    let Some(op) = settled else {
+        return;
+    };
+    if let Err(error) = gateway.store.durable(&payment.id).await {
+        tracing::error!(payment = %payment.id, operation = %op.id, %error, "reconciled operation not journaled yet");
+    }
+    tracing::info!(payment = %payment.id, operation = %op.id, status = ?op.status, "operation reconciled");
 }
 
 /// A payment with no channel never reached a PSP: failed once its request is surely over.

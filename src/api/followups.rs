@@ -152,7 +152,7 @@ fn kind_name(kind: FollowUpKind) -> &'static str {
 }
 
 /// The call that carries out (or, re-sent with the same key, replays) an operation.
-pub(crate) fn operation_call(kind: FollowUpKind, psp_reference: &str, amount: u64) -> Call<'_> {
+pub fn operation_call(kind: FollowUpKind, psp_reference: &str, amount: u64) -> Call<'_> {
     match kind {
         FollowUpKind::Capture => Call::Capture {
             psp_reference,
@@ -166,7 +166,7 @@ pub(crate) fn operation_call(kind: FollowUpKind, psp_reference: &str, amount: u6
 }
 
 /// What an operation's call came to.
-pub(crate) fn operation_status(outcome: Outcome) -> PaymentStatus {
+pub fn operation_status(outcome: Outcome) -> PaymentStatus {
     match outcome {
         Outcome::Succeeded => PaymentStatus::Succeeded,
         Outcome::Declined => PaymentStatus::Declined,
@@ -279,7 +279,7 @@ fn reserve(
 /// Books what the channel did with a pending operation; the operation as it now stands. A
 /// pending answer keeps it reserved: the PSP may still carry it out, so its amount must not
 /// be offered again. An operation already settled (by reconciliation) is left as it is.
-pub(crate) fn settle(
+pub fn settle(
     payment: &mut Payment,
     operation_id: &str,
     status: PaymentStatus,

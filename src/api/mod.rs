@@ -19,6 +19,7 @@ use http::{Method, Request, StatusCode};
 use tower::Service;
 
 pub use error::{ApiError, json_bytes_response, json_response};
+pub use followups::{operation_call, operation_status, settle as settle_operation};
 
 use crate::gateway::Gateway;
 use crate::layers::{
