@@ -170,6 +170,11 @@ mod tests {
             r#"{"amount":1999,"metadata":{"big":123456789012345678901234567890,"f":0.10000000000000000001, "s":"\u00e9"},"paygate_id":"pay_1"}"#
         );
         assert_eq!(forwarded("{}"), r#"{"paygate_id":"pay_1"}"#);
+        // Found by the fuzzer: valid JSON that no f64 holds still goes through as sent.
+        assert_eq!(
+            forwarded(r#"{"n":1e999,"m":-0.0e-999}"#),
+            r#"{"n":1e999,"m":-0.0e-999,"paygate_id":"pay_1"}"#
+        );
         assert_eq!(forwarded(r#"{"a\"b":1}"#), r#"{"a\"b":1,"paygate_id":"pay_1"}"#);
     }
 

@@ -339,3 +339,152 @@ async fn the_body_reaches_the_psp_byte_for_byte_and_bad_bodies_are_refused_witho
     assert_eq!(after.status, StatusCode::CREATED);
     assert_eq!(received.lock().unwrap().len(), 2);
 }
+
+/// What the merchant was told, to be found again after the crashes.
+#[derive(Default)]
+struct Acknowledged {
+    /// Payment id, key, the status answered, whether it was captured with the authorization.
+    payments: Vec<(String, String, String, bool)>,
+    /// Payment id, operation id, kind, amount, the status answered.
+    operations: Vec<(String, String, &'static str, u64, String)>,
+}
+
+/// One cycle of mixed traffic against `gateway` until it is killed: keyed payments (some
+/// captured at once), captures and refunds of earlier ones, and keyed retries.
+async fn mixed_load(base: String, cycle: usize, acknowledged: Arc<Mutex<Acknowledged>>) {
+    let auth = format!("Bearer {KEY}");
+    for n in 0..200 {
+        let key = format!("c{cycle}-p{n}");
+        let capture = n % 2 == 0;
+        let mut body = card_payment(1_000 + n as u64, "EUR");
+        body["capture"] = json!(capture);
+        let Ok(paid) = try_send(
+            Method::POST,
+            &format!("{base}/v1/payments"),
+            &[("authorization", &auth), ("idempotency-key", &key)],
+            &body.to_string(),
+        )
+        .await
+        else {
+            return;
+        };
+        if !paid.status.is_success() {
+            continue;
+        }
+        let id = paid.json["id"].as_str().unwrap_or_default().to_string();
+        let status = paid.json["status"].as_str().unwrap_or_default().to_string();
+        acknowledged
+            .lock()
+            .unwrap()
+            .payments
+            .push((id.clone(), key.clone(), status.clone(), capture));
+        if status != "succeeded" {
+            continue;
+        }
+        let (action, kind, amount) = if capture {
+            ("refunds", "refund", 100)
+        } else {
+            ("capture", "capture", 500)
+        };
+        let Ok(done) = try_send(
+            Method::POST,
+            &format!("{base}/v1/payments/{id}/{action}"),
+            &[("authorization", &auth), ("idempotency-key", &format!("{key}-{action}"))],
+            &format!("{{\"amount\": {amount}}}"),
+        )
+        .await
+        else {
+            return;
+        };
+        if done.status == StatusCode::OK {
+            let op = done.json["id"].as_str().unwrap_or_default().to_string();
+            let op_status = done.json["status"].as_str().unwrap_or_default().to_string();
+            acknowledged
+                .lock()
+                .unwrap()
+                .operations
+                .push((id.clone(), op, kind, amount, op_status));
+        }
+        // A keyed retry of the payment: the same payment, never another.
+        let Ok(again) = try_send(
+            Method::POST,
+            &format!("{base}/v1/payments"),
+            &[("authorization", &auth), ("idempotency-key", &key)],
+            &body.to_string(),
+        )
+        .await
+        else {
+            return;
+        };
+        assert_eq!(again.status, StatusCode::OK, "{:?}", again.json);
+        assert_eq!(again.json["id"], id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn three_crashes_under_mixed_load_lose_no_acknowledged_operation_and_charge_nothing_twice() {
+    let a = Process::mock_psp(&["--name", "a", "--latency", "uniform:2:40"]).await;
+    let text = routes_with(&[("a", &a)], "timeout_ms = 2000", FAST_RECONCILIATION);
+    let routes = scratch_dir().join("routes.toml");
+    std::fs::write(&routes, &text).unwrap();
+    let acknowledged: Arc<Mutex<Acknowledged>> = Arc::default();
+    for cycle in 0..3 {
+        let mut gateway = Process::gateway_in(&routes).await;
+        let workers: Vec<_> = (0..3)
+            .map(|worker| {
+                tokio::spawn(mixed_load(
+                    gateway.base.clone(),
+                    cycle * 10 + worker,
+                    acknowledged.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        gateway.signal("KILL");
+        assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, None);
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    }
+
+    let gateway = Process::gateway_in(&routes).await;
+    let (payments, operations) = {
+        let acknowledged = acknowledged.lock().unwrap();
+        (acknowledged.payments.clone(), acknowledged.operations.clone())
+    };
+    assert!(payments.len() >= 10, "too little traffic: {}", payments.len());
+    for (id, key, status, capture) in &payments {
+        let settled = wait_for(&gateway, id, Duration::from_secs(15), |p| p["status"] != "pending").await;
+        let expected = if status == "pending" { "succeeded" } else { status.as_str() };
+        assert_eq!(settled["status"], expected, "{id}: {settled:?}");
+        if *capture && expected == "succeeded" {
+            assert_eq!(settled["captured_amount"], settled["amount"], "{settled:?}");
+        }
+        let mut body = card_payment(0, "EUR");
+        body["amount"] = settled["amount"].clone();
+        body["capture"] = json!(capture);
+        let retry = pay_keyed(&gateway, key, &body).await;
+        assert_eq!(retry.status, StatusCode::OK, "{key}: {:?}", retry.json);
+        assert_eq!(retry.json["id"], id.as_str());
+    }
+    for (id, op_id, kind, amount, status) in &operations {
+        let payment = wait_for(&gateway, id, Duration::from_secs(15), |p| {
+            p["operations"]
+                .as_array()
+                .is_some_and(|ops| ops.iter().all(|op| op["status"] != "pending"))
+        })
+        .await;
+        let op = payment["operations"]
+            .as_array()
+            .and_then(|ops| ops.iter().find(|op| op["id"] == op_id.as_str()).cloned())
+            .unwrap_or_else(|| panic!("{kind} {op_id} of {id} lost: {payment:?}"));
+        let expected = if status == "pending" { "succeeded" } else { status.as_str() };
+        assert_eq!(op["status"], expected, "{op:?}");
+        assert_eq!(op["amount"], *amount);
+    }
+    // The PSP made exactly one payment per paygate_id, whatever was retried or replayed.
+    for (id, ..) in &payments {
+        let seen = send(Method::GET, &format!("{}/_sim/payments/{id}", a.base), &[], "").await;
+        assert_eq!(seen.json["processed"], 1, "{id}: {:?}", seen.json);
+    }
+}

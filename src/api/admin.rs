@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::payments::NewPayment;
+use super::payments::read_payment;
 use super::{ApiError, json_response};
 use crate::gateway::{Gateway, Reloaded};
 use crate::layers::HttpResponse;
@@ -198,14 +198,12 @@ struct CandidateView<'a> {
 
 /// A payment body plus `"merchant"`: the decision paygate would make for it now.
 fn explain(gateway: &Gateway, body: &Bytes) -> Result<HttpResponse, ApiError> {
-    let fields = crate::payload::PaymentBody::parse(body)
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let (fields, payment) = read_payment(body)?;
     let merchant: String = fields
         .get("merchant")
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .ok_or_else(|| ApiError::InvalidRequest("merchant is required (the merchant id)".into()))?;
     let merchant = merchant.as_str();
-    let payment = NewPayment::read(&fields)?;
     let snapshot = gateway.snapshot();
     let config = &snapshot.config;
     let facts = PaymentFacts {

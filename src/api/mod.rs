@@ -20,6 +20,7 @@ use tower::Service;
 
 pub use error::{ApiError, json_bytes_response, json_response};
 pub use followups::{operation_call, operation_status, settle as settle_operation};
+pub use payments::{NewPayment, read_payment};
 
 use crate::gateway::Gateway;
 use crate::layers::{

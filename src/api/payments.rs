@@ -26,7 +26,7 @@ use crate::upstream::{Call, CallContext};
 const MAX_TEXT_LEN: usize = 255;
 
 /// The fields paygate itself reads from a payment body; the rest passes through to the PSP.
-pub(crate) struct NewPayment {
+pub struct NewPayment {
     pub(crate) amount: u64,
     pub(crate) currency: String,
     pub(crate) method: String,
@@ -38,10 +38,16 @@ pub(crate) struct NewPayment {
     card_number: Option<String>,
 }
 
-pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiError> {
-    let payload =
-        PaymentBody::parse(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+/// The merchant body parser: the body's fields, kept raw for the PSP, and what paygate reads
+/// from them. Every error is a 400 that names a field or a position, never a value.
+pub fn read_payment(body: &[u8]) -> Result<(PaymentBody<'_>, NewPayment), ApiError> {
+    let payload = PaymentBody::parse(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let new = NewPayment::read(&payload)?;
+    Ok((payload, new))
+}
+
+pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiError> {
+    let (payload, new) = read_payment(body)?;
     let snapshot = scope.gateway.snapshot();
     let config = &snapshot.config;
     check_merchant_allows(config, &scope.merchant, &new)?;

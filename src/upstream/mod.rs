@@ -29,11 +29,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use protocol::{Call, CallContext, Reply};
+pub use protocol::{Call, CallContext, PspProtocol, Reply};
 
 use crate::config::{Channel, Config, Endpoint, Protocol};
 use crate::store::Outcome;
-use protocol::PspProtocol;
 
 /// Idle pooled connections are closed after this; PSP load balancers commonly drop idle
 /// connections after 60 to 350 s, so staying under the low end avoids writing into a
@@ -153,9 +152,7 @@ impl ChannelClient {
         let fresh = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(connector);
-        let protocol: Box<dyn PspProtocol> = match channel.protocol {
-            Protocol::PaygateV1 => Box::new(paygate_v1::PaygateV1),
-        };
+        let protocol = dialect(channel.protocol);
         Ok(Self {
             name: channel.name.clone(),
             base,
@@ -274,6 +271,13 @@ fn failure(error: hyper_util::client::legacy::Error) -> (Outcome, String) {
         Outcome::Error
     };
     (outcome, error_chain(&error))
+}
+
+/// The implementation of a channel's `protocol`.
+pub fn dialect(protocol: Protocol) -> Box<dyn PspProtocol> {
+    match protocol {
+        Protocol::PaygateV1 => Box::new(paygate_v1::PaygateV1),
+    }
 }
 
 fn exchange(
