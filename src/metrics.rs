@@ -83,6 +83,8 @@ pub struct Metrics {
     risk_rejections: IntCounterVec,
     ejections: IntCounterVec,
     pub idempotency_keys: IntGauge,
+    open_connections: IntGaugeVec,
+    connections_refused: IntCounterVec,
     /// Per route, the common statuses' counters and the duration histogram.
     routes: Vec<RouteMetrics>,
 }
@@ -90,6 +92,15 @@ pub struct Metrics {
 struct RouteMetrics {
     statuses: Vec<(u16, IntCounter)>,
     duration: Histogram,
+}
+
+/// A listener's connection figures (`listener` is `merchant` or `admin`).
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: IntCounter,
 }
 
 /// A channel's metrics, resolved when a config is loaded.
@@ -318,10 +329,25 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("{e}"));
                 g
             },
+            open_connections: int_gauge_vec(
+                r,
+                "paygate_open_connections",
+                "Client connections open, by listener.",
+                &["listener"],
+            ),
+            connections_refused: counter_vec(
+                r,
+                "paygate_connections_refused_total",
+                "Client connections closed at accept because max_connections were open, by listener.",
+                &["listener"],
+            ),
             http_requests,
             routes,
             registry,
         };
+        for listener in ["merchant", "admin"] {
+            metrics.listener(listener);
+        }
         for result in ["ok", "rejected"] {
             metrics.reloads.with_label_values(&[result]);
         }
@@ -375,6 +401,14 @@ impl Metrics {
             success_rate: self.success_rate.with_label_values(&[name]),
             score: self.score.with_label_values(&[name]),
             states: CHANNEL_STATES.map(|s| self.state.with_label_values(&[name, s])),
+        }
+    }
+
+    /// The connection figures of the listener called `name`.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.open_connections.with_label_values(&[name]),
+            refused: self.connections_refused.with_label_values(&[name]),
         }
     }
 
@@ -515,6 +549,8 @@ mod tests {
             "paygate_inflight_requests 0",
             "paygate_config_reloads_total{result=\"ok\"} 1",
             "paygate_config_info{version=\"abc\"} 1",
+            "paygate_open_connections{listener=\"merchant\"} 0",
+            "paygate_connections_refused_total{listener=\"admin\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

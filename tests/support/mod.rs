@@ -42,6 +42,24 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// Seconds since the Unix epoch, as `Paygate-Signature` counts them.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+}
+
+/// `Paygate-Signature` as the contract defines it, computed here independently of paygate:
+/// `t=<t>,v1=<hex HMAC-SHA256 of "t.METHOD.target.body">`.
+pub fn merchant_signature(secret: &str, t: u64, method: &str, target: &str, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.{method}.{target}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
