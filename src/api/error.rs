@@ -84,9 +84,9 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoEligibleChannel(_) | Self::RiskRejected { .. } | Self::ConfigRejected { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::NoEligibleChannel(_)
+            | Self::RiskRejected { .. }
+            | Self::ConfigRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IdempotencyConflict(_) => StatusCode::CONFLICT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,

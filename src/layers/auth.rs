@@ -220,7 +220,13 @@ mod tests {
             hex::encode(mac.finalize().into_bytes())
         };
         assert_eq!(
-            signature_header(b"whsec", now, "POST", "/v1/payments/pay_1/capture?x=1", b"{}"),
+            signature_header(
+                b"whsec",
+                now,
+                "POST",
+                "/v1/payments/pay_1/capture?x=1",
+                b"{}"
+            ),
             format!("t={now},v1={mac}"),
             "the documented string"
         );
@@ -232,7 +238,8 @@ mod tests {
             ("PUT", "/v1/payments/pay_1/capture"),
             ("POST", "/v1/payments/pay_1/capture?x=1"),
         ] {
-            let mut replayed = signed_for("POST", "/v1/payments/pay_1/capture", "{}", now, b"whsec");
+            let mut replayed =
+                signed_for("POST", "/v1/payments/pay_1/capture", "{}", now, b"whsec");
             *replayed.method_mut() = method.parse().unwrap();
             *replayed.uri_mut() = target.parse().unwrap();
             assert!(

@@ -66,9 +66,15 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(check(two), Err("invalid_request"));
-        let http10 = Request::builder().version(Version::HTTP_10).body(()).unwrap();
+        let http10 = Request::builder()
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
         assert_eq!(check(http10), Ok(()), "Host is optional before 1.1");
-        let h2 = Request::builder().version(Version::HTTP_2).body(()).unwrap();
+        let h2 = Request::builder()
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
         assert_eq!(check(h2), Ok(()));
         let mut marked = Request::builder().header("host", "x").body(()).unwrap();
         marked.extensions_mut().insert(TwoLengths);

@@ -142,7 +142,9 @@ impl Watcher {
         while let Some((&byte, rest)) = bytes.split_first() {
             // Body data is skipped in bulk rather than byte by byte.
             if let State::Fixed(left) | State::ChunkData(left) = &mut self.state {
-                let take = bytes.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let take = bytes
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
                 *left -= take as u64;
                 bytes = &bytes[take..];
                 if *left == 0 {
@@ -372,7 +374,10 @@ POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nCONTENT-LENGTH: 3\r
         );
         assert_eq!(ambiguous(stream.as_bytes(), 3), None);
         assert_eq!(
-            ambiguous(b"\r\nPOST / HTTP/1.1\nContent-Length: 0\ntransfer-encoding: chunked\n\n", 1),
+            ambiguous(
+                b"\r\nPOST / HTTP/1.1\nContent-Length: 0\ntransfer-encoding: chunked\n\n",
+                1
+            ),
             Some(0),
             "bare line feeds and a leading empty line"
         );
@@ -380,18 +385,27 @@ POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nCONTENT-LENGTH: 3\r
 
     #[test]
     fn stops_at_http2_and_at_bytes_hyper_refuses() {
-        let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
+        let h2 =
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
         assert_eq!(ambiguous(h2, 5), None);
         let padded = format!(
             "POST / HTTP/1.1\r\nContent-Length:{}2\r\n\r\nokPOST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
             " ".repeat(200)
         );
-        assert_eq!(ambiguous(padded.as_bytes(), 9), Some(1), "padding is not a way past");
+        assert_eq!(
+            ambiguous(padded.as_bytes(), 9),
+            Some(1),
+            "padding is not a way past"
+        );
         let zeros = format!(
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{}3\r\nabc\r\n0\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "0".repeat(100)
         );
-        assert_eq!(ambiguous(zeros.as_bytes(), 5), Some(1), "leading zeros in a chunk size");
+        assert_eq!(
+            ambiguous(zeros.as_bytes(), 5),
+            Some(1),
+            "leading zeros in a chunk size"
+        );
         let bad_chunk = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(ambiguous(bad_chunk, 4), None);
     }

@@ -131,11 +131,13 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     // can be scraped while in-flight payments finish.
     let (_admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
     // Admin answers carry a request id too, echoed or generated as on the merchant port.
-    let admin_service = ServiceBuilder::new().layer(RequestIdLayer).service(admin::Admin::new(
-        ready.clone(),
-        gateway.clone(),
-        AdminToken::from_env(),
-    ));
+    let admin_service = ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .service(admin::Admin::new(
+            ready.clone(),
+            gateway.clone(),
+            AdminToken::from_env(),
+        ));
     let admin_task = tokio::spawn(connections::accept(
         admin,
         admin_settings,

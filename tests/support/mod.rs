@@ -166,6 +166,50 @@ impl Process {
         Self::spawn(&args, &[]).await
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running process")
+    }
+
+    /// How many file descriptors the process holds (Linux: `/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// `GET /metrics` on the admin listener, as text.
+    pub async fn metrics(&self) -> String {
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let uri = format!("{}/metrics", self.admin)
+            .parse()
+            .expect("metrics URL");
+        let response = tokio::time::timeout(CALL, client.get(uri))
+            .await
+            .expect("metrics in time")
+            .expect("metrics answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("read metrics")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The value of one series (`name{labels}` exactly as exported) on `/metrics`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
