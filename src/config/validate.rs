@@ -1159,6 +1159,21 @@ headers = { Authorization = "Bearer sk_live_123", X-Psp-Key = "env:PAYGATE_TEST_
     }
 
     #[test]
+    fn connection_keys_have_defaults_and_bounds() {
+        let config = build(Path::new("routes.toml"), "").unwrap();
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.server.max_connections, 10_000);
+        let text = "[server]\nidle_timeout_ms = 500\nmax_connections = 3\n";
+        let config = build(Path::new("routes.toml"), text).unwrap();
+        assert_eq!(config.server.idle_timeout, Duration::from_millis(500));
+        assert_eq!(config.server.max_connections, 3);
+        let found = problems("[server]\nidle_timeout_ms = 0\nmax_connections = 2000000\n");
+        let lines: Vec<usize> = found.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![2, 3], "{found:?}");
+        assert!(found[1].message.contains("at most 1000000"));
+    }
+
+    #[test]
     fn fee_is_integer_parts_per_million() {
         let fee = Fee {
             ppm: 19_000,
