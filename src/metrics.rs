@@ -85,6 +85,8 @@ pub struct Metrics {
     resends: IntCounterVec,
     reconciliations: IntCounterVec,
     pub idempotency_keys: IntGauge,
+    open_connections: IntGaugeVec,
+    connections_refused: IntCounterVec,
     /// Per route, the common statuses' counters and the duration histogram.
     routes: Vec<RouteMetrics>,
 }
@@ -92,6 +94,15 @@ pub struct Metrics {
 struct RouteMetrics {
     statuses: Vec<(u16, IntCounter)>,
     duration: Histogram,
+}
+
+/// A listener's connection figures (`listener` is `merchant` or `admin`).
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: IntCounter,
 }
 
 /// A channel's metrics, resolved when a config is loaded.
@@ -337,10 +348,25 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("{e}"));
                 g
             },
+            open_connections: int_gauge_vec(
+                r,
+                "paygate_open_connections",
+                "Client connections open, by listener.",
+                &["listener"],
+            ),
+            connections_refused: counter_vec(
+                r,
+                "paygate_connections_refused_total",
+                "Client connections closed at accept because max_connections were open, by listener.",
+                &["listener"],
+            ),
             http_requests,
             routes,
             registry,
         };
+        for listener in ["merchant", "admin"] {
+            metrics.listener(listener);
+        }
         for result in ["ok", "rejected"] {
             metrics.reloads.with_label_values(&[result]);
         }
@@ -403,6 +429,14 @@ impl Metrics {
         self.reconciliations
             .with_label_values(&[channel, result])
             .inc();
+    }
+
+    /// The connection figures of the listener called `name`.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.open_connections.with_label_values(&[name]),
+            refused: self.connections_refused.with_label_values(&[name]),
+        }
     }
 
     /// One merchant API request: its route template, status and duration.
@@ -542,6 +576,8 @@ mod tests {
             "paygate_inflight_requests 0",
             "paygate_config_reloads_total{result=\"ok\"} 1",
             "paygate_config_info{version=\"abc\"} 1",
+            "paygate_open_connections{listener=\"merchant\"} 0",
+            "paygate_connections_refused_total{listener=\"admin\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

@@ -19,13 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hmac::{Hmac, KeyInit, Mac};
 use http::Request;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sha2::Sha256;
 use tokio::task::JoinSet;
 
 use crate::gateway::Gateway;
@@ -336,14 +334,10 @@ fn notify_merchant(gateway: &Arc<Gateway>, payment: Payment) {
             let timestamp = now_ms() / 1000;
             let mut request =
                 Request::post(url.as_str()).header("content-type", "application/json");
-            if let Some(secret) = &secret
-                && let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret.0)
-            {
-                mac.update(format!("{timestamp}.POST.{path}.").as_bytes());
-                mac.update(&body);
-                let signature = hex::encode(mac.finalize().into_bytes());
-                request =
-                    request.header("paygate-signature", format!("t={timestamp},v1={signature}"));
+            if let Some(secret) = &secret {
+                let signature =
+                    crate::layers::signature_header(&secret.0, timestamp, "POST", &path, &body);
+                request = request.header("paygate-signature", signature);
             }
             let Ok(request) = request.body(Full::new(Bytes::from(body.clone()))) else {
                 return;

@@ -320,14 +320,14 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Bytes)>>>) {
     (url, received)
 }
 
-/// `Paygate-Signature` for `body` under the test merchant's secret.
-fn sign(body: &[u8]) -> String {
+/// `Paygate-Signature` for `method target` with `body` under the test merchant's secret.
+fn sign(method: &str, target: &str, body: &[u8]) -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_hook").unwrap();
-    mac.update(format!("{t}.").as_bytes());
+    mac.update(format!("{t}.{method}.{target}.").as_bytes());
     mac.update(body);
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -347,7 +347,7 @@ async fn pending_payments_are_reconciled_and_the_merchant_is_told() {
     pending["card"]["number"] = json!("4000000000000259");
     // The merchant signs its requests (it has a signing secret).
     let body = pending.to_string();
-    let signature = sign(body.as_bytes());
+    let signature = sign("POST", "/v1/payments", body.as_bytes());
     let answer = send(
         Method::POST,
         &format!("{}/v1/payments", gateway.base),
@@ -363,7 +363,7 @@ async fn pending_payments_are_reconciled_and_the_merchant_is_told() {
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let settled = loop {
-        let signature = sign(b"");
+        let signature = sign("GET", &format!("/v1/payments/{id}"), b"");
         let read = send(
             Method::GET,
             &format!("{}/v1/payments/{id}", gateway.base),

@@ -5,12 +5,10 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use support::*;
 
 const SECRET: &str = "whsec_test_1";
@@ -34,17 +32,9 @@ async fn post(gateway: &Process, headers: &[(&str, &str)], body: &str) -> Answer
     .await
 }
 
+/// `Paygate-Signature` of a `POST /v1/payments` with `body`.
 fn signature(t: u64, body: &str, secret: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    merchant_signature(secret, t, "POST", "/v1/payments", body)
 }
 
 #[tokio::test]

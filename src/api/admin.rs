@@ -17,8 +17,7 @@ use sha2::{Digest, Sha256};
 use super::payments::read_payment;
 use super::{ApiError, json_response};
 use crate::gateway::{Gateway, Reloaded};
-use crate::layers::HttpResponse;
-use crate::layers::read_body;
+use crate::layers::{HttpResponse, RequestId, read_body};
 use crate::routing::{self, Candidate, PaymentFacts};
 
 /// Admin bodies are small payment examples.
@@ -61,12 +60,14 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    // Set by the request-id layer in front of the admin listener, as on the merchant port.
+    let request_id = RequestId::of(&request);
     let Some(token) = token else {
         return ApiError::NotFound("the admin API is disabled: set PAYGATE_ADMIN_TOKEN".into())
-            .into_response("");
+            .into_response(&request_id);
     };
     if !token.admits(&request) {
-        return ApiError::Unauthenticated.into_response("");
+        return ApiError::Unauthenticated.into_response(&request_id);
     }
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -88,11 +89,9 @@ where
                 Err(e) => Err(e),
             }
         }
-        _ => Err(ApiError::NotFound(format!(
-            "no such admin endpoint: {path}"
-        ))),
+        _ => Err(ApiError::NotFound("no such admin endpoint".into())),
     };
-    result.unwrap_or_else(|e| e.into_response(""))
+    result.unwrap_or_else(|e| e.into_response(&request_id))
 }
 
 #[derive(Serialize)]
@@ -140,7 +139,8 @@ fn channels(gateway: &Gateway) -> HttpResponse {
 fn switch(gateway: &Gateway, name: &str, drain: bool) -> Result<HttpResponse, ApiError> {
     gateway
         .set_drained(name, drain)
-        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+        // The name comes from the request path: not quoted back.
+        .map_err(|_| ApiError::NotFound("no channel of that name".into()))?;
     let state = if drain { "drained" } else { "enabled" };
     Ok(json_response(
         StatusCode::OK,
@@ -161,14 +161,12 @@ async fn reload(gateway: &Gateway) -> Result<HttpResponse, ApiError> {
             StatusCode::OK,
             &json!({ "result": "ok", "version": version, "changes": changes }),
         ),
-        Err(error) => json_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({
-                "result": "rejected",
-                "version": gateway.snapshot().config.version,
-                "problems": error.to_string().lines().collect::<Vec<_>>(),
-            }),
-        ),
+        Err(error) => {
+            return Err(ApiError::ConfigRejected {
+                version: gateway.snapshot().config.version.clone(),
+                problems: error.to_string().lines().map(str::to_string).collect(),
+            });
+        }
     })
 }
 

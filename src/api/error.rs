@@ -43,6 +43,17 @@ pub enum ApiError {
     AllChannelsFailed { payment_id: String },
     #[error("the request's deadline passed before a channel answered")]
     DeadlineExceeded { payment_id: Option<String> },
+    /// A request whose length is given twice (`Content-Length` and `Transfer-Encoding`):
+    /// front ends may disagree on where it ends (request smuggling), so it is refused and its
+    /// connection closed after the answer (RFC 9112 6.1).
+    #[error("the request has both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
+    /// `POST /admin/reload` of a file `paygate check` refuses; the old config keeps serving.
+    #[error("the routes file was rejected; the active config keeps serving")]
+    ConfigRejected {
+        version: String,
+        problems: Vec<String>,
+    },
 }
 
 #[derive(Serialize)]
@@ -66,16 +77,16 @@ struct Detail<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::AmbiguousFraming => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoEligibleChannel(_) | Self::RiskRejected { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::NoEligibleChannel(_)
+            | Self::RiskRejected { .. }
+            | Self::ConfigRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IdempotencyConflict(_) => StatusCode::CONFLICT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,7 +98,7 @@ impl ApiError {
     /// The contract's error `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::AmbiguousFraming => "invalid_request",
             Self::Unauthenticated => "unauthenticated",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -101,6 +112,7 @@ impl ApiError {
             Self::Overloaded(_) => "overloaded",
             Self::AllChannelsFailed { .. } => "all_channels_failed",
             Self::DeadlineExceeded { .. } => "deadline_exceeded",
+            Self::ConfigRejected { .. } => "config_rejected",
         }
     }
 
@@ -122,7 +134,19 @@ impl ApiError {
                 },
             },
         };
-        let mut response = json_response(self.status(), &body);
+        let mut response = match &self {
+            // The admin API's reload answer keeps its fields beside the error.
+            Self::ConfigRejected { version, problems } => json_response(
+                self.status(),
+                &serde_json::json!({
+                    "error": body.error,
+                    "result": "rejected",
+                    "version": version,
+                    "problems": problems,
+                }),
+            ),
+            _ => json_response(self.status(), &body),
+        };
         let headers = response.headers_mut();
         match &self {
             Self::MethodNotAllowed { allow } => {
@@ -138,6 +162,9 @@ impl ApiError {
             }
             Self::Overloaded(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::AmbiguousFraming => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -179,7 +179,13 @@ pub struct Server {
     pub admin_listen: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// From accept to a complete request head (TLS handshake included); also bounds each
+    /// later HTTP/1 head.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open merchant connections at most; more are closed at accept.
+    pub max_connections: usize,
     pub max_headers: usize,
     /// Requests handled at once; beyond it paygate answers 503 `overloaded` at once.
     pub max_in_flight: usize,

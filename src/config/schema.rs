@@ -94,6 +94,8 @@ pub struct RawServer {
     pub max_body_bytes: Option<Spanned<u64>>,
     pub request_timeout_ms: Option<Spanned<u64>>,
     pub header_read_timeout_ms: Option<Spanned<u64>>,
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
     pub max_headers: Option<Spanned<u64>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,

@@ -25,6 +25,14 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
 const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Keep-alive idle time: merchants reuse a connection within seconds under any traffic, and
+/// nginx's `keepalive_timeout` (75 s) and Envoy's idle timeout (1 h) bracket it.
+const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Open merchant connections: each costs a descriptor and a few KiB, so 10,000 fit the usual
+/// 65,536-descriptor limit with room for channel pools and the journal.
+const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Above this a `max_connections` is surely a typo: no process gets that many descriptors.
+const MAX_MAX_CONNECTIONS: u64 = 1_000_000;
 /// The same bound hyper applies by default; real merchants send a dozen.
 const DEFAULT_MAX_HEADERS: u64 = 100;
 const DEFAULT_CHANNEL_TIMEOUT_MS: u64 = 5_000;
@@ -206,6 +214,25 @@ impl<'a> Checker<'a> {
             DEFAULT_HEADER_READ_TIMEOUT_MS,
             "header_read_timeout_ms",
         );
+        let idle_timeout_ms = self.positive(
+            raw.idle_timeout_ms.as_ref(),
+            DEFAULT_IDLE_TIMEOUT_MS,
+            "idle_timeout_ms",
+        );
+        let mut max_connections = self.positive(
+            raw.max_connections.as_ref(),
+            DEFAULT_MAX_CONNECTIONS,
+            "max_connections",
+        );
+        if let Some(at) = raw.max_connections.as_ref()
+            && max_connections > MAX_MAX_CONNECTIONS
+        {
+            self.problem(
+                &at.span(),
+                format!("`max_connections` must be at most {MAX_MAX_CONNECTIONS}"),
+            );
+            max_connections = DEFAULT_MAX_CONNECTIONS;
+        }
         let max_headers =
             self.positive(raw.max_headers.as_ref(), DEFAULT_MAX_HEADERS, "max_headers");
         let max_in_flight = self.positive(
@@ -226,6 +253,8 @@ impl<'a> Checker<'a> {
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_millis(request_timeout_ms),
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             max_headers: usize::try_from(max_headers).unwrap_or(usize::MAX),
             max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
             rate_limit,
@@ -1136,6 +1165,21 @@ headers = { Authorization = "Bearer sk_live_123", X-Psp-Key = "env:PAYGATE_TEST_
                 .iter()
                 .any(|p| p.message.contains("PAYGATE_TEST_SURELY_UNSET"))
         );
+    }
+
+    #[test]
+    fn connection_keys_have_defaults_and_bounds() {
+        let config = build(Path::new("routes.toml"), "").unwrap();
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.server.max_connections, 10_000);
+        let text = "[server]\nidle_timeout_ms = 500\nmax_connections = 3\n";
+        let config = build(Path::new("routes.toml"), text).unwrap();
+        assert_eq!(config.server.idle_timeout, Duration::from_millis(500));
+        assert_eq!(config.server.max_connections, 3);
+        let found = problems("[server]\nidle_timeout_ms = 0\nmax_connections = 2000000\n");
+        let lines: Vec<usize> = found.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![2, 3], "{found:?}");
+        assert!(found[1].message.contains("at most 1000000"));
     }
 
     #[test]

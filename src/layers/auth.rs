@@ -2,8 +2,10 @@
 //! checked against the SHA-256 kept for each merchant, or, on a TLS listener with
 //! `client_ca`, the merchant's client certificate. A merchant with a `signing_secret` must
 //! also sign each request: `Paygate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
-//! "t.body">`, within five minutes of paygate's clock, so a captured request cannot be
-//! replayed later.
+//! "t.METHOD.path-with-query.body">`, within five minutes of paygate's clock. The method and
+//! the path are signed so that a captured request cannot be replayed against another
+//! payment, as another operation, or later. [`signature_header`] computes the header; the
+//! webhooks paygate sends are signed with it too.
 //!
 //! The key is hashed first and the hash looked up, so the time taken does not depend on how
 //! much of a guess matches a real key, nor on whether the merchant exists. Keys, secrets and
@@ -93,14 +95,66 @@ fn verify_signature(
     if now.abs_diff(timestamp) > SIGNATURE_WINDOW_SECS {
         return Err(ApiError::Unauthenticated);
     }
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(&secret.0).map_err(|_| ApiError::Unauthenticated)?;
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(request.body());
+    let mac = signed_mac(
+        &secret.0,
+        timestamp,
+        request.method().as_str(),
+        path_and_query(request.uri()),
+        request.body(),
+    )
+    .ok_or(ApiError::Unauthenticated)?;
     // verify_slice compares in constant time.
     mac.verify_slice(&signature)
         .map_err(|_| ApiError::Unauthenticated)
+}
+
+/// The `Paygate-Signature` value for one request: `t=<unix_seconds>,v1=<hex HMAC-SHA256>` over
+/// `unix_seconds + "." + method + "." + path_and_query + "." + body`. `path_and_query` is the
+/// request target as sent (`/v1/payments/pay_1/capture?x=1`), never the scheme or host.
+///
+/// ```
+/// let header = paygate::layers::signature_header(b"whsec", 1_800_000_000, "POST", "/v1/payments", b"{}");
+/// assert!(header.starts_with("t=1800000000,v1="));
+/// ```
+pub fn signature_header(
+    secret: &[u8],
+    unix_seconds: u64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> String {
+    // An HMAC takes a key of any length, so this never falls back; an empty v1 would simply
+    // fail verification rather than panic.
+    let v1 = signed_mac(secret, unix_seconds, method, path_and_query, body)
+        .map(|mac| hex::encode(mac.finalize().into_bytes()))
+        .unwrap_or_default();
+    format!("t={unix_seconds},v1={v1}")
+}
+
+fn signed_mac(
+    secret: &[u8],
+    unix_seconds: u64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    for part in [
+        unix_seconds.to_string().as_bytes(),
+        method.as_bytes(),
+        path_and_query.as_bytes(),
+    ] {
+        mac.update(part);
+        mac.update(b".");
+    }
+    mac.update(body);
+    Some(mac)
+}
+
+/// The request target that was signed: over HTTP/2 the URI also holds scheme and authority,
+/// which the merchant does not sign.
+fn path_and_query(uri: &http::Uri) -> &str {
+    uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
 /// `t=<unix>,v1=<hex>` into its parts.
@@ -135,13 +189,68 @@ mod tests {
     }
 
     fn signed(body: &'static str, t: u64, secret: &[u8]) -> Request<Bytes> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-        mac.update(format!("{t}.{body}").as_bytes());
-        let v1 = hex::encode(mac.finalize().into_bytes());
+        signed_for("POST", "/v1/payments", body, t, secret)
+    }
+
+    fn signed_for(
+        method: &str,
+        target: &str,
+        body: &'static str,
+        t: u64,
+        secret: &[u8],
+    ) -> Request<Bytes> {
         Request::builder()
-            .header(SIGNATURE_HEADER, format!("t={t},v1={v1}"))
+            .method(method)
+            .uri(target)
+            .header(
+                SIGNATURE_HEADER,
+                signature_header(secret, t, method, target, body.as_bytes()),
+            )
             .body(Bytes::from_static(body.as_bytes()))
             .unwrap()
+    }
+
+    #[test]
+    fn the_signature_covers_method_path_and_query() {
+        let m = merchant();
+        let now = 1_800_000_000;
+        let mac = {
+            let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec").unwrap();
+            mac.update(b"1800000000.POST./v1/payments/pay_1/capture?x=1.{}");
+            hex::encode(mac.finalize().into_bytes())
+        };
+        assert_eq!(
+            signature_header(
+                b"whsec",
+                now,
+                "POST",
+                "/v1/payments/pay_1/capture?x=1",
+                b"{}"
+            ),
+            format!("t={now},v1={mac}"),
+            "the documented string"
+        );
+        let good = signed_for("POST", "/v1/payments/pay_1/capture", "{}", now, b"whsec");
+        assert!(verify_signature(&m, &good, now).is_ok());
+        for (method, target) in [
+            ("POST", "/v1/payments/pay_2/capture"),
+            ("POST", "/v1/payments/pay_1/refunds"),
+            ("PUT", "/v1/payments/pay_1/capture"),
+            ("POST", "/v1/payments/pay_1/capture?x=1"),
+        ] {
+            let mut replayed =
+                signed_for("POST", "/v1/payments/pay_1/capture", "{}", now, b"whsec");
+            *replayed.method_mut() = method.parse().unwrap();
+            *replayed.uri_mut() = target.parse().unwrap();
+            assert!(
+                verify_signature(&m, &replayed, now).is_err(),
+                "{method} {target}"
+            );
+        }
+        // Over HTTP/2 the URI is absolute; only the path and query were signed.
+        let mut h2 = signed_for("GET", "/v1/payments/pay_1?a=b", "", now, b"whsec");
+        *h2.uri_mut() = "https://pay.example/v1/payments/pay_1?a=b".parse().unwrap();
+        assert!(verify_signature(&m, &h2, now).is_ok());
     }
 
     #[test]

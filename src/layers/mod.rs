@@ -1,5 +1,5 @@
 //! Tower layers of the merchant request path, one concern each. `server` stacks them in the
-//! order of the concerns: request id, metrics, deadline, size limits, load shedding, body, then
+//! order of the concerns: request id, metrics, framing (RFC 9112), deadline, size limits, load shedding, body, then
 //! authentication, rate limits and idempotency, then the API.
 //!
 //! A layer either passes the request on (adding what it learnt to the request's extensions)
@@ -9,6 +9,7 @@ mod auth;
 mod body;
 mod check;
 mod deadline;
+mod framing;
 mod idempotency;
 mod limits;
 mod metrics;
@@ -24,10 +25,11 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 
-pub use auth::{Authenticate, AuthenticatedMerchant, PeerCertificate};
+pub use auth::{Authenticate, AuthenticatedMerchant, PeerCertificate, signature_header};
 pub use body::{BodyLayer, read as read_body};
 pub use check::{Check, CheckLayer};
 pub use deadline::{Deadline, Deadlines};
+pub use framing::{Framing, TwoLengths};
 pub use idempotency::{IdempotencyLayer, KeyScope};
 pub use limits::SizeLimits;
 pub use metrics::MetricsLayer;

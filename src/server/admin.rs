@@ -15,9 +15,9 @@ use bytes::Bytes;
 use hyper::body::Body;
 
 use crate::api::admin::AdminToken;
-use crate::api::json_response;
+use crate::api::{ApiError, json_response};
 use crate::gateway::Gateway;
-use crate::layers::{HttpResponse, ResponseFuture};
+use crate::layers::{HttpResponse, RequestId, ResponseFuture};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -35,7 +35,7 @@ impl Admin {
         }
     }
 
-    fn answer(&self, path: &str) -> HttpResponse {
+    fn answer(&self, path: &str, request_id: &str) -> HttpResponse {
         match path {
             "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/metrics" => {
@@ -59,10 +59,7 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "shutting_down"}),
             ),
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"error": {"type": "not_found", "message": format!("no such endpoint: {path}"), "request_id": ""}}),
-            ),
+            _ => ApiError::NotFound("no such endpoint".into()).into_response(request_id),
         }
     }
 }
@@ -82,7 +79,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if !request.uri().path().starts_with("/admin/") {
-            let response = self.answer(request.uri().path());
+            let response = self.answer(request.uri().path(), &RequestId::of(&request));
             return Box::pin(async move { Ok(response) });
         }
         let admin = self.clone();

@@ -7,6 +7,7 @@
 
 mod admin;
 mod connections;
+mod heads;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,8 +25,8 @@ use crate::api::admin::AdminToken;
 use crate::config::{Config, ConfigError};
 use crate::gateway::{Gateway, Reloaded};
 use crate::layers::{
-    Authenticate, BodyLayer, CheckLayer, Deadlines, IdempotencyLayer, MetricsLayer, RateLimit,
-    RequestIdLayer, ShedLayer, SizeLimits,
+    Authenticate, BodyLayer, CheckLayer, Deadlines, Framing, IdempotencyLayer, MetricsLayer,
+    RateLimit, RequestIdLayer, ShedLayer, SizeLimits,
 };
 use crate::store::JournalStore;
 
@@ -33,6 +34,9 @@ use crate::store::JournalStore;
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 /// How often success-rate ejection runs (Envoy's interval is 10 s; payments move faster).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Open admin connections at most: scrapes and operators' scripts, a handful at a time; the
+/// cap keeps a runaway script from spending the descriptors the merchant port needs.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 /// Sweeps between clean-ups of expired idempotency records and idle velocity windows.
 const CLEANUP_EVERY: u64 = 60;
 
@@ -90,6 +94,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     let service = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(MetricsLayer(gateway.clone()))
+        .layer(CheckLayer(Framing))
         .layer(CheckLayer(Deadlines(gateway.clone())))
         .layer(CheckLayer(SizeLimits {
             max_headers: server.max_headers,
@@ -105,27 +110,41 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         .service(Api::new(gateway.clone()));
     let settings = connections::Settings {
         header_read_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+        max_connections: server.max_connections,
         max_headers: server.max_headers,
         tls,
+        drain: server.drain_period,
+        metrics: gateway.metrics.listener("merchant"),
+    };
+    let admin_settings = connections::Settings {
+        header_read_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        max_headers: server.max_headers,
+        tls: None,
+        drain: server.drain_period,
+        metrics: gateway.metrics.listener("admin"),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // The admin listener stays up through the drain, so /readyz can say 503 and /metrics
     // can be scraped while in-flight payments finish.
     let (_admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    // Admin answers carry a request id too, echoed or generated as on the merchant port.
+    let admin_service = ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .service(admin::Admin::new(
+            ready.clone(),
+            gateway.clone(),
+            AdminToken::from_env(),
+        ));
     let admin_task = tokio::spawn(connections::accept(
         admin,
-        connections::Settings::plain(server.header_read_timeout),
-        admin::Admin::new(ready.clone(), gateway.clone(), AdminToken::from_env()),
+        admin_settings,
+        admin_service,
         admin_stopped,
-        server.drain_period,
     ));
-    let merchant_task = tokio::spawn(connections::accept(
-        merchant,
-        settings,
-        service,
-        stopped,
-        server.drain_period,
-    ));
+    let merchant_task = tokio::spawn(connections::accept(merchant, settings, service, stopped));
     let mut background = vec![
         tokio::spawn(maintain(gateway.clone())),
         tokio::spawn(reload_on_hangup(gateway.clone())),

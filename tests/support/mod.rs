@@ -42,6 +42,24 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// Seconds since the Unix epoch, as `Paygate-Signature` counts them.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+}
+
+/// `Paygate-Signature` as the contract defines it, computed here independently of paygate:
+/// `t=<t>,v1=<hex HMAC-SHA256 of "t.METHOD.target.body">`.
+pub fn merchant_signature(secret: &str, t: u64, method: &str, target: &str, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.{method}.{target}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
@@ -146,6 +164,50 @@ impl Process {
         let mut args = vec!["mock-psp", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(flags);
         Self::spawn(&args, &[]).await
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running process")
+    }
+
+    /// How many file descriptors the process holds (Linux: `/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// `GET /metrics` on the admin listener, as text.
+    pub async fn metrics(&self) -> String {
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let uri = format!("{}/metrics", self.admin)
+            .parse()
+            .expect("metrics URL");
+        let response = tokio::time::timeout(CALL, client.get(uri))
+            .await
+            .expect("metrics in time")
+            .expect("metrics answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("read metrics")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The value of one series (`name{labels}` exactly as exported) on `/metrics`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Whether the process is still running.
