@@ -175,7 +175,10 @@ mod tests {
             forwarded(r#"{"n":1e999,"m":-0.0e-999}"#),
             r#"{"n":1e999,"m":-0.0e-999,"paygate_id":"pay_1"}"#
         );
-        assert_eq!(forwarded(r#"{"a\"b":1}"#), r#"{"a\"b":1,"paygate_id":"pay_1"}"#);
+        assert_eq!(
+            forwarded(r#"{"a\"b":1}"#),
+            r#"{"a\"b":1,"paygate_id":"pay_1"}"#
+        );
     }
 
     #[test]

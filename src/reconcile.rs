@@ -65,7 +65,9 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
                     .map(|op| op.id.clone())
                     .collect();
                 let itself = (payment.status == PaymentStatus::Pending
-                    && payment.in_doubt_until_ms.is_none_or(|until| now_ms() >= until))
+                    && payment
+                        .in_doubt_until_ms
+                        .is_none_or(|until| now_ms() >= until))
                 .then_some(None);
                 itself
                     .into_iter()

@@ -58,7 +58,12 @@ async fn try_pay_keyed(
 }
 
 /// Polls `GET /v1/payments/{id}` until `done` holds (bounded); the last payment read.
-async fn wait_for(gateway: &Process, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for(
+    gateway: &Process,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let answer = get_payment(gateway, KEY, id).await;
@@ -103,16 +108,28 @@ async fn a_crash_with_calls_in_flight_loses_no_payment_and_a_keyed_retry_never_c
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.signal("KILL");
-    assert_eq!(first.exit_code(Duration::from_secs(5)).await, None, "killed, no exit code");
+    assert_eq!(
+        first.exit_code(Duration::from_secs(5)).await,
+        None,
+        "killed, no exit code"
+    );
     for (_, call) in in_flight {
-        assert!(call.await.unwrap().is_err(), "no answer from a killed gateway");
+        assert!(
+            call.await.unwrap().is_err(),
+            "no answer from a killed gateway"
+        );
     }
 
     let second = Process::gateway_in(&routes).await;
     let mut ids = Vec::new();
     for n in 0..8 {
         // The retry finds the payment its key made before the crash: same id, same channel.
-        let retry = pay_keyed(&second, &format!("order-{n}"), &card_payment(1_000 + n, "EUR")).await;
+        let retry = pay_keyed(
+            &second,
+            &format!("order-{n}"),
+            &card_payment(1_000 + n, "EUR"),
+        )
+        .await;
         assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.json);
         assert_eq!(retry.header("idempotent-replayed"), "true");
         assert_eq!(retry.json["channel"], "a", "{:?}", retry.json);
@@ -121,7 +138,10 @@ async fn a_crash_with_calls_in_flight_loses_no_payment_and_a_keyed_retry_never_c
     }
     // Each is reconciled on its channel to what the PSP did (succeeded), by its paygate_id.
     for id in &ids {
-        let payment = wait_for(&second, id, Duration::from_secs(15), |p| p["status"] == "succeeded").await;
+        let payment = wait_for(&second, id, Duration::from_secs(15), |p| {
+            p["status"] == "succeeded"
+        })
+        .await;
         assert_eq!(payment["status"], "succeeded", "{payment:?}");
         assert_eq!(payment["reconciled"], true);
         assert!(payment["psp_reference"].is_string(), "{payment:?}");
@@ -130,7 +150,13 @@ async fn a_crash_with_calls_in_flight_loses_no_payment_and_a_keyed_retry_never_c
     let stats = a.stats().await;
     assert_eq!(stats["payments"], 8, "{stats:?}");
     for id in &ids {
-        let seen = send(Method::GET, &format!("{}/_sim/payments/{id}", a.base), &[], "").await;
+        let seen = send(
+            Method::GET,
+            &format!("{}/_sim/payments/{id}", a.base),
+            &[],
+            "",
+        )
+        .await;
         assert_eq!(seen.json["processed"], 1, "{id}: {:?}", seen.json);
     }
     // A retry with a key whose request changed is still a conflict after the restart.
@@ -148,7 +174,10 @@ async fn a_full_journal_disk_refuses_payments_before_any_psp_call_and_recovers()
         .arg(&mount)
         .status()
         .expect("run mount");
-    assert!(mounted.success(), "this test mounts a small tmpfs (needs root)");
+    assert!(
+        mounted.success(),
+        "this test mounts a small tmpfs (needs root)"
+    );
     let _unmount = Unmount(mount.clone());
     let text = routes_with(
         &[("a", &a)],
@@ -176,7 +205,10 @@ async fn a_full_journal_disk_refuses_payments_before_any_psp_call_and_recovers()
                 assert_eq!(answer.error_type(), "overloaded");
                 let message = answer.json["error"]["message"].as_str().unwrap_or("");
                 assert!(message.contains("not sent"), "{message}");
-                assert!(started.elapsed() < Duration::from_secs(2), "refused at once");
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "refused at once"
+                );
                 refused += 1;
                 if refused == 3 {
                     break;
@@ -231,7 +263,10 @@ struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -260,7 +295,8 @@ async fn recording_psp() -> (String, Arc<Mutex<Vec<Bytes>>>) {
                                 bodies.push(body);
                                 bodies.len()
                             };
-                            let answer = format!(r#"{{"status":"succeeded","psp_reference":"r-{n}"}}"#);
+                            let answer =
+                                format!(r#"{{"status":"succeeded","psp_reference":"r-{n}"}}"#);
                             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(answer))))
                         }
                     },
@@ -314,15 +350,36 @@ async fn the_body_reaches_the_psp_byte_for_byte_and_bad_bodies_are_refused_witho
 
     // Refused, nothing sent, and no message repeats a digit of the card.
     let refusals = [
-        (r#"{"amount": 5, "currency": "EUR", "method": "card", "paygate_id": "pay_forged"}"#, "paygate_id"),
-        (r#""{\"amount\":5,\"currency\":\"EUR\",\"method\":\"card\",\"card\":{\"number\":\"4111111111111111\"}}""#, "JSON object"),
+        (
+            r#"{"amount": 5, "currency": "EUR", "method": "card", "paygate_id": "pay_forged"}"#,
+            "paygate_id",
+        ),
+        (
+            r#""{\"amount\":5,\"currency\":\"EUR\",\"method\":\"card\",\"card\":{\"number\":\"4111111111111111\"}}""#,
+            "JSON object",
+        ),
         ("4111111111111111", "JSON object"),
         (r#"["4111111111111111"]"#, "JSON object"),
-        (r#"{"amount": 5, "amount": 7, "currency": "EUR", "method": "card"}"#, "amount"),
-        (r#"{"amount": "4111111111111111", "currency": "EUR", "method": "card"}"#, "amount"),
-        (r#"{"amount": 5, "currency": "EUR", "method": "card", "card": "4111111111111111"}"#, "card.number"),
-        (r#"{"amount": 5, "currency": "EUR", "method": 4111111111111111}"#, "method"),
-        (r#"{"amount": 5, "card": {"number": "4111111111111111"}"#, "not valid JSON"),
+        (
+            r#"{"amount": 5, "amount": 7, "currency": "EUR", "method": "card"}"#,
+            "amount",
+        ),
+        (
+            r#"{"amount": "4111111111111111", "currency": "EUR", "method": "card"}"#,
+            "amount",
+        ),
+        (
+            r#"{"amount": 5, "currency": "EUR", "method": "card", "card": "4111111111111111"}"#,
+            "card.number",
+        ),
+        (
+            r#"{"amount": 5, "currency": "EUR", "method": 4111111111111111}"#,
+            "method",
+        ),
+        (
+            r#"{"amount": 5, "card": {"number": "4111111111111111"}"#,
+            "not valid JSON",
+        ),
     ];
     for (body, field) in refusals {
         let answer = post(body).await;
@@ -332,7 +389,11 @@ async fn the_body_reaches_the_psp_byte_for_byte_and_bad_bodies_are_refused_witho
         assert!(message.contains(field), "{body}: {message}");
         assert!(!message.contains("4111"), "{body}: {message}");
     }
-    assert_eq!(received.lock().unwrap().len(), 1, "no refused body reached the PSP");
+    assert_eq!(
+        received.lock().unwrap().len(),
+        1,
+        "no refused body reached the PSP"
+    );
 
     // Still serving.
     let after = post(r#"{"amount": 5, "currency": "EUR", "method": "card"}"#).await;
@@ -373,11 +434,12 @@ async fn mixed_load(base: String, cycle: usize, acknowledged: Arc<Mutex<Acknowle
         }
         let id = paid.json["id"].as_str().unwrap_or_default().to_string();
         let status = paid.json["status"].as_str().unwrap_or_default().to_string();
-        acknowledged
-            .lock()
-            .unwrap()
-            .payments
-            .push((id.clone(), key.clone(), status.clone(), capture));
+        acknowledged.lock().unwrap().payments.push((
+            id.clone(),
+            key.clone(),
+            status.clone(),
+            capture,
+        ));
         if status != "succeeded" {
             continue;
         }
@@ -389,7 +451,10 @@ async fn mixed_load(base: String, cycle: usize, acknowledged: Arc<Mutex<Acknowle
         let Ok(done) = try_send(
             Method::POST,
             &format!("{base}/v1/payments/{id}/{action}"),
-            &[("authorization", &auth), ("idempotency-key", &format!("{key}-{action}"))],
+            &[
+                ("authorization", &auth),
+                ("idempotency-key", &format!("{key}-{action}")),
+            ],
             &format!("{{\"amount\": {amount}}}"),
         )
         .await
@@ -450,12 +515,26 @@ async fn three_crashes_under_mixed_load_lose_no_acknowledged_operation_and_charg
     let gateway = Process::gateway_in(&routes).await;
     let (payments, operations) = {
         let acknowledged = acknowledged.lock().unwrap();
-        (acknowledged.payments.clone(), acknowledged.operations.clone())
+        (
+            acknowledged.payments.clone(),
+            acknowledged.operations.clone(),
+        )
     };
-    assert!(payments.len() >= 10, "too little traffic: {}", payments.len());
+    assert!(
+        payments.len() >= 10,
+        "too little traffic: {}",
+        payments.len()
+    );
     for (id, key, status, capture) in &payments {
-        let settled = wait_for(&gateway, id, Duration::from_secs(15), |p| p["status"] != "pending").await;
-        let expected = if status == "pending" { "succeeded" } else { status.as_str() };
+        let settled = wait_for(&gateway, id, Duration::from_secs(15), |p| {
+            p["status"] != "pending"
+        })
+        .await;
+        let expected = if status == "pending" {
+            "succeeded"
+        } else {
+            status.as_str()
+        };
         assert_eq!(settled["status"], expected, "{id}: {settled:?}");
         if *capture && expected == "succeeded" {
             assert_eq!(settled["captured_amount"], settled["amount"], "{settled:?}");
@@ -478,13 +557,23 @@ async fn three_crashes_under_mixed_load_lose_no_acknowledged_operation_and_charg
             .as_array()
             .and_then(|ops| ops.iter().find(|op| op["id"] == op_id.as_str()).cloned())
             .unwrap_or_else(|| panic!("{kind} {op_id} of {id} lost: {payment:?}"));
-        let expected = if status == "pending" { "succeeded" } else { status.as_str() };
+        let expected = if status == "pending" {
+            "succeeded"
+        } else {
+            status.as_str()
+        };
         assert_eq!(op["status"], expected, "{op:?}");
         assert_eq!(op["amount"], *amount);
     }
     // The PSP made exactly one payment per paygate_id, whatever was retried or replayed.
     for (id, ..) in &payments {
-        let seen = send(Method::GET, &format!("{}/_sim/payments/{id}", a.base), &[], "").await;
+        let seen = send(
+            Method::GET,
+            &format!("{}/_sim/payments/{id}", a.base),
+            &[],
+            "",
+        )
+        .await;
         assert_eq!(seen.json["processed"], 1, "{id}: {:?}", seen.json);
     }
 }

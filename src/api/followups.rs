@@ -77,7 +77,11 @@ pub async fn follow_up(
     if let Err(error) = super::payments::wait_durable(scope, id, until).await {
         tracing::error!(request_id = %scope.request_id, payment = %id, operation = %operation_id, %error, "intent not recorded: the operation is not sent");
         store.update(id, &mut |payment| {
-            if let Some(op) = payment.operations.iter_mut().find(|op| op.id == operation_id) {
+            if let Some(op) = payment
+                .operations
+                .iter_mut()
+                .find(|op| op.id == operation_id)
+            {
                 op.status = PaymentStatus::Failed;
                 op.in_doubt_until_ms = None;
             }
@@ -119,7 +123,9 @@ pub async fn follow_up(
         );
     });
     let record = record.ok_or_else(|| {
-        ApiError::NotFound(format!("operation {operation_id} vanished from payment {id}"))
+        ApiError::NotFound(format!(
+            "operation {operation_id} vanished from payment {id}"
+        ))
     })?;
     let answer = if status == PaymentStatus::Failed {
         Err(ApiError::AllChannelsFailed {

@@ -287,7 +287,11 @@ async fn record_intent(
     wait_durable(scope, id, Instant::now() + INTENT_WAIT).await
 }
 
-pub(super) async fn wait_durable(scope: &Scope, id: &str, until: Instant) -> Result<(), StoreError> {
+pub(super) async fn wait_durable(
+    scope: &Scope,
+    id: &str,
+    until: Instant,
+) -> Result<(), StoreError> {
     let durable = scope.gateway.store.durable(id);
     match tokio::time::timeout_at(until.into(), durable).await {
         Ok(result) => result,

@@ -304,8 +304,7 @@ impl PaymentStore for JournalStore {
         let Ok(reader) = self.reader.lock() else {
             return pending;
         };
-        let Ok(mut query) = reader.prepare("SELECT record FROM payments WHERE in_doubt = 1")
-        else {
+        let Ok(mut query) = reader.prepare("SELECT record FROM payments WHERE in_doubt = 1") else {
             return pending;
         };
         let rows = query.query_map([], |row| row.get::<_, String>(0));

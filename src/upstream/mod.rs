@@ -184,7 +184,10 @@ impl ChannelClient {
         .await
         {
             Ok(reply) => reply,
-            Err(_) => Err((Outcome::Timeout, "no whole answer before the timeout".to_string())),
+            Err(_) => Err((
+                Outcome::Timeout,
+                "no whole answer before the timeout".to_string(),
+            )),
         };
         let latency = started.elapsed();
         let mut exchange = match reply {

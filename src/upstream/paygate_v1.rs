@@ -198,7 +198,8 @@ mod tests {
             Reply::Error { .. }
         ));
         assert_eq!(
-            p.reply(&STATUS, 
+            p.reply(
+                &STATUS,
                 StatusCode::OK,
                 br#"{"status":"succeeded","psp_reference":"a-1"}"#
             ),
@@ -207,7 +208,8 @@ mod tests {
             }
         );
         assert_eq!(
-            p.reply(&STATUS, 
+            p.reply(
+                &STATUS,
                 StatusCode::NOT_FOUND,
                 br#"{"status":"declined","psp_reference":"x","decline_code":"unknown_payment"}"#
             ),
