@@ -182,14 +182,28 @@ fn journal_idempotency(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The merchant body from bytes to the PSP's body, both ways side by side: a `Map` of
+/// `Value`s serialized again with `paygate_id` (before), and the raw fields forwarded as they
+/// came (now: `api::read_payment` then `PaymentBody::with_paygate_id`).
 fn parse(c: &mut Criterion) {
-    c.bench_function("parse_400_byte_payment", |b| {
+    let mut group = c.benchmark_group("merchant_body_to_psp");
+    group.bench_function("map_then_serialize", |b| {
         b.iter(|| {
-            let fields: serde_json::Map<String, serde_json::Value> =
+            let mut fields: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(black_box(BODY.as_bytes())).expect("json");
-            black_box(fields)
+            fields.insert("paygate_id".into(), "pay_01JD".into());
+            black_box(serde_json::to_vec(&fields).expect("serialize"))
         })
     });
+    group.bench_function("raw_fields_forwarded", |b| {
+        b.iter(|| {
+            let (body, payment) =
+                paygate::api::read_payment(black_box(BODY.as_bytes())).expect("valid");
+            black_box(payment);
+            black_box(body.with_paygate_id("pay_01JD").expect("serialize"))
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(

@@ -47,6 +47,56 @@ pub struct Behavior {
     /// gets ECONNREFUSED); while above 0 it also closes every connection after one answer,
     /// so that clients keep connecting and meet the refusals.
     pub refuse: f64,
+    /// Share processed, then answered with headers and part of the body before the
+    /// connection is aborted.
+    pub reset_mid_body: f64,
+    /// Share processed, then answered 200 with a body that is not JSON.
+    pub garbage: f64,
+    /// Share processed, then answered 200 with a status the protocol does not have.
+    pub unknown_status: f64,
+    /// Share processed, then answered 200 without `psp_reference`.
+    pub missing_reference: f64,
+    /// Share processed, then answered 200 with a body that never ends (one hour at most).
+    pub endless_body: f64,
+    /// Share processed, then answered 200 with an 8 MiB body.
+    pub huge_body: f64,
+    /// Share processed, then answered with the correct body one byte at a time.
+    pub dribble: f64,
+    /// Between two bytes of a dribbled answer.
+    pub dribble_interval_ms: u64,
+    /// Share processed, then answered correctly after `late_ms` instead of the latency.
+    pub late: f64,
+    pub late_ms: u64,
+    /// Which endpoints the faults hit.
+    pub fault_scope: FaultScope,
+    /// A request arriving on a connection that served one and then sat idle this long is
+    /// not read: the connection is closed, as a load balancer that dropped it would have it
+    /// (0: never).
+    pub idle_close_ms: u64,
+}
+
+/// Where faults are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultScope {
+    /// Every protocol endpoint.
+    #[default]
+    All,
+    /// `POST /payments` only: captures, refunds and status queries are answered normally,
+    /// so that reconciliation can succeed while payments keep failing.
+    Payments,
+}
+
+impl std::str::FromStr for FaultScope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "all" => Ok(Self::All),
+            "payments" => Ok(Self::Payments),
+            _ => Err("must be all or payments".into()),
+        }
+    }
 }
 
 impl Default for Behavior {
@@ -62,6 +112,18 @@ impl Default for Behavior {
             reset: 0.0,
             hang: 0.0,
             refuse: 0.0,
+            reset_mid_body: 0.0,
+            garbage: 0.0,
+            unknown_status: 0.0,
+            missing_reference: 0.0,
+            endless_body: 0.0,
+            huge_body: 0.0,
+            dribble: 0.0,
+            dribble_interval_ms: 200,
+            late: 0.0,
+            late_ms: 1000,
+            fault_scope: FaultScope::All,
+            idle_close_ms: 0,
         }
     }
 }
@@ -92,6 +154,57 @@ pub enum Fault {
     Reset,
     /// Not processed, answered after an hour.
     Hang,
+    /// Processed; part of the answer, then the connection is aborted.
+    ResetMidBody,
+    /// Processed; 200 with a body that is not JSON.
+    Garbage,
+    /// Processed; 200 with a status outside the protocol.
+    UnknownStatus,
+    /// Processed; 200 without `psp_reference`.
+    MissingReference,
+    /// Processed; a 200 body that never ends.
+    EndlessBody,
+    /// Processed; an 8 MiB 200 body.
+    HugeBody,
+    /// Processed; the answer one byte at a time.
+    Dribble,
+    /// Processed; the answer after `late_ms`.
+    Late,
+}
+
+impl Fault {
+    /// The names used in stats, flags and problems, in band order.
+    pub const ALL: [Fault; 12] = [
+        Fault::Unavailable,
+        Fault::InternalError,
+        Fault::Reset,
+        Fault::Hang,
+        Fault::ResetMidBody,
+        Fault::Garbage,
+        Fault::UnknownStatus,
+        Fault::MissingReference,
+        Fault::EndlessBody,
+        Fault::HugeBody,
+        Fault::Dribble,
+        Fault::Late,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Unavailable => "error_503",
+            Fault::InternalError => "error_500",
+            Fault::Reset => "reset",
+            Fault::Hang => "hang",
+            Fault::ResetMidBody => "reset_mid_body",
+            Fault::Garbage => "garbage",
+            Fault::UnknownStatus => "unknown_status",
+            Fault::MissingReference => "missing_reference",
+            Fault::EndlessBody => "endless_body",
+            Fault::HugeBody => "huge_body",
+            Fault::Dribble => "dribble",
+            Fault::Late => "late",
+        }
+    }
 }
 
 /// What the random part of an answer will be, drawn in one go so that the thread-local
@@ -115,12 +228,10 @@ impl Behavior {
         let rates = [
             ("success_rate", self.success_rate),
             ("pending_rate", self.pending_rate),
-            ("error_503", self.error_503),
-            ("error_500", self.error_500),
-            ("reset", self.reset),
-            ("hang", self.hang),
             ("refuse", self.refuse),
-        ];
+        ]
+        .into_iter()
+        .chain(Fault::ALL.map(|f| (f.name(), self.rate(f))));
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
                 problems.push(format!("{name} is {rate} but must be between 0 and 1"));
@@ -130,7 +241,7 @@ impl Behavior {
         // A little slack so that 0.1 + 0.2 + 0.7 is not rejected for its rounding.
         if shared > 1.0 + 1e-9 {
             problems.push(format!(
-                "error_503 + error_500 + reset + hang + pending_rate is {shared} but must not exceed 1"
+                "the fault rates (error_503, error_500, reset, hang, reset_mid_body, garbage, unknown_status, missing_reference, endless_body, huge_body, dribble, late) + pending_rate is {shared} but must not exceed 1"
             ));
         }
         if self.decline_codes.is_empty() && self.success_rate < 1.0 {
@@ -140,8 +251,26 @@ impl Behavior {
         problems
     }
 
+    /// The rate of one fault.
+    pub fn rate(&self, fault: Fault) -> f64 {
+        match fault {
+            Fault::Unavailable => self.error_503,
+            Fault::InternalError => self.error_500,
+            Fault::Reset => self.reset,
+            Fault::Hang => self.hang,
+            Fault::ResetMidBody => self.reset_mid_body,
+            Fault::Garbage => self.garbage,
+            Fault::UnknownStatus => self.unknown_status,
+            Fault::MissingReference => self.missing_reference,
+            Fault::EndlessBody => self.endless_body,
+            Fault::HugeBody => self.huge_body,
+            Fault::Dribble => self.dribble,
+            Fault::Late => self.late,
+        }
+    }
+
     fn fault_sum(&self) -> f64 {
-        self.error_503 + self.error_500 + self.reset + self.hang
+        Fault::ALL.iter().map(|f| self.rate(*f)).sum()
     }
 
     /// Draws the fault, the outcome and the latency for one request.
@@ -166,15 +295,9 @@ impl Behavior {
     /// Faults and pending share one scale, in the documented order, so that each rate is a
     /// share of all requests and their sum is bounded by 1.
     fn fault_for(&self, roll: f64) -> Option<Fault> {
-        let bands = [
-            (self.error_503, Fault::Unavailable),
-            (self.error_500, Fault::InternalError),
-            (self.reset, Fault::Reset),
-            (self.hang, Fault::Hang),
-        ];
         let mut edge = 0.0;
-        for (rate, fault) in bands {
-            edge += rate;
+        for fault in Fault::ALL {
+            edge += self.rate(fault);
             if roll < edge {
                 return Some(fault);
             }

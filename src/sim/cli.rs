@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::behavior::{Behavior, Latency, Schedule};
+use super::behavior::{Behavior, FaultScope, Latency, Schedule};
 use super::server::{bind, serve};
 use super::{SimError, Simulator};
 
@@ -51,6 +51,40 @@ pub struct MockPspArgs {
     /// Share of time connections are refused (listener closed); keep-alive is off meanwhile.
     #[arg(long)]
     pub refuse: Option<f64>,
+    /// Share processed, then aborted after the headers and part of the body.
+    #[arg(long)]
+    pub reset_mid_body: Option<f64>,
+    /// Share processed, then answered 200 with a body that is not JSON.
+    #[arg(long)]
+    pub garbage: Option<f64>,
+    /// Share processed, then answered 200 with a status outside the protocol.
+    #[arg(long)]
+    pub unknown_status: Option<f64>,
+    /// Share processed, then answered 200 without psp_reference.
+    #[arg(long)]
+    pub missing_reference: Option<f64>,
+    /// Share processed, then answered 200 with a body that never ends.
+    #[arg(long)]
+    pub endless_body: Option<f64>,
+    /// Share processed, then answered 200 with an 8 MiB body.
+    #[arg(long)]
+    pub huge_body: Option<f64>,
+    /// Share processed, then answered one byte every --dribble-interval-ms.
+    #[arg(long)]
+    pub dribble: Option<f64>,
+    #[arg(long)]
+    pub dribble_interval_ms: Option<u64>,
+    /// Share processed, then answered after --late-ms instead of the latency.
+    #[arg(long)]
+    pub late: Option<f64>,
+    #[arg(long)]
+    pub late_ms: Option<u64>,
+    /// Where faults are drawn: all (every endpoint) or payments (POST /payments only).
+    #[arg(long)]
+    pub fault_scope: Option<FaultScope>,
+    /// Close, unread, a request on a connection idle this long after an answer (0: never).
+    #[arg(long)]
+    pub idle_close_ms: Option<u64>,
     /// TOML file of `[[phase]]` tables (`at_secs`, `behavior`) switching behavior over time.
     #[arg(long)]
     pub schedule: Option<PathBuf>,
@@ -82,6 +116,20 @@ impl MockPspArgs {
             reset: self.reset.unwrap_or(defaults.reset),
             hang: self.hang.unwrap_or(defaults.hang),
             refuse: self.refuse.unwrap_or(defaults.refuse),
+            reset_mid_body: self.reset_mid_body.unwrap_or(defaults.reset_mid_body),
+            garbage: self.garbage.unwrap_or(defaults.garbage),
+            unknown_status: self.unknown_status.unwrap_or(defaults.unknown_status),
+            missing_reference: self.missing_reference.unwrap_or(defaults.missing_reference),
+            endless_body: self.endless_body.unwrap_or(defaults.endless_body),
+            huge_body: self.huge_body.unwrap_or(defaults.huge_body),
+            dribble: self.dribble.unwrap_or(defaults.dribble),
+            dribble_interval_ms: self
+                .dribble_interval_ms
+                .unwrap_or(defaults.dribble_interval_ms),
+            late: self.late.unwrap_or(defaults.late),
+            late_ms: self.late_ms.unwrap_or(defaults.late_ms),
+            fault_scope: self.fault_scope.unwrap_or(defaults.fault_scope),
+            idle_close_ms: self.idle_close_ms.unwrap_or(defaults.idle_close_ms),
         }
     }
 

@@ -14,12 +14,13 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::Simulator;
-use super::behavior::{Behavior, Draw, Fault};
+use super::behavior::{Behavior, Draw, Fault, FaultScope};
 use super::ledger::{Answer, Operation, Payment, Status};
 use super::stats::{Ending, Processed, RecentRequest, Replay};
 
@@ -36,7 +37,15 @@ const HANG: Duration = Duration::from_secs(3600);
 #[error("connection dropped on purpose (reset fault)")]
 pub struct InjectedReset;
 
-pub type SimResponse = Response<Full<Bytes>>;
+pub type SimResponse = Response<BoxBody<Bytes, std::io::Error>>;
+
+/// Sizes of the body faults: larger than any PSP answer paygate accepts by default (1 MiB).
+const HUGE_BODY_BYTES: usize = 8 * 1024 * 1024;
+const ENDLESS_CHUNK_BYTES: usize = 16 * 1024;
+/// An endless body stops after this, so that a test that forgets it leaks nothing for long.
+const ENDLESS_FOR: Duration = Duration::from_secs(3600);
+/// The longest `paygate_id` a lookup takes (paygate's are 30 characters).
+const MAX_PAYGATE_ID_LEN: usize = 255;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +54,10 @@ enum Route<'a> {
     Capture(&'a str),
     Refund(&'a str),
     Status(&'a str),
+    /// `GET /payments/by-paygate-id/{id}`: a payment found by the key it was sent with.
+    ByPaygateId(&'a str),
+    /// `GET /_sim/payments/{paygate_id}`: what the simulator saw of one payment.
+    SimPayment(&'a str),
     Stats,
     Reset,
     NotFound,
@@ -63,6 +76,14 @@ impl<'a> Route<'a> {
                 if !reference.is_empty() =>
             {
                 Route::Status(reference)
+            }
+            (&Method::GET, [Some("payments"), Some("by-paygate-id"), Some(id), None])
+                if !id.is_empty() =>
+            {
+                Route::ByPaygateId(id)
+            }
+            (&Method::GET, [Some("_sim"), Some("payments"), Some(id), None]) if !id.is_empty() => {
+                Route::SimPayment(id)
             }
             (&Method::POST, [Some("payments"), Some(reference), Some("capture"), None]) => {
                 Route::Capture(reference)
@@ -117,6 +138,7 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     match Route::parse(&parts.method, parts.uri.path()) {
         Route::Stats => Ok(stats_response(&sim)),
+        Route::SimPayment(id) => Ok(seen_payment(&sim, id)),
         Route::Reset => {
             sim.reset();
             Ok(respond(StatusCode::NO_CONTENT, Vec::new()))
@@ -143,7 +165,10 @@ async fn endpoint(
     let fields = parse_body(route, &bytes);
     sim.stats.request(recent(parts, fields.as_ref().ok()));
     let behavior = sim.behavior_now();
-    let draw = behavior.draw();
+    let mut draw = behavior.draw();
+    if behavior.fault_scope == FaultScope::Payments && route != Route::CreatePayment {
+        draw.fault = None;
+    }
     if let Some(response) = unprocessed_fault(sim, route, &draw).await {
         return Ok(response);
     }
@@ -153,14 +178,129 @@ async fn endpoint(
     };
     let key = header(&parts.headers, "idempotency-key").filter(|key| !key.is_empty());
     let response = process(sim, route, &fields, key, &draw, behavior);
-    pause(draw.latency).await;
+    let wait = match draw.fault {
+        Some(Fault::Late) => Duration::from_millis(behavior.late_ms),
+        _ => draw.latency,
+    };
+    pause(wait).await;
     match draw.fault {
-        Some(Fault::InternalError) => {
-            Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error"))
-        }
+        None | Some(Fault::Late | Fault::Unavailable | Fault::Hang) => Ok(response),
         Some(Fault::Reset) => Err(InjectedReset),
-        _ => Ok(response),
+        Some(fault) => Ok(faulted(fault, response, behavior).await),
     }
+}
+
+/// The answer a fault that struck after processing sends instead of `response`.
+async fn faulted(fault: Fault, response: SimResponse, behavior: &Behavior) -> SimResponse {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let answered: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    match fault {
+        Fault::InternalError => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        Fault::Garbage => {
+            let mut garbage = respond(
+                StatusCode::OK,
+                b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+            );
+            garbage
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            garbage
+        }
+        Fault::UnknownStatus => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "authorised_maybe", "psp_reference": answered["psp_reference"]}),
+        ),
+        Fault::MissingReference => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": answered["status"]}),
+        ),
+        Fault::HugeBody => {
+            let padding = "x".repeat(HUGE_BODY_BYTES);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"status": answered["status"], "psp_reference": answered["psp_reference"], "padding": padding}),
+            )
+        }
+        Fault::EndlessBody => endless(),
+        Fault::Dribble => dribbled(parts, bytes, Duration::from_millis(behavior.dribble_interval_ms)),
+        Fault::ResetMidBody => cut_short(parts, bytes),
+        Fault::Reset | Fault::Late | Fault::Unavailable | Fault::Hang => {
+            Response::from_parts(parts, full(bytes))
+        }
+    }
+}
+
+/// A body fed by a task: each item is a chunk, an error aborts the connection.
+struct Fed(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl hyper::body::Body for Fed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|chunk| chunk.map(hyper::body::Frame::data)))
+    }
+}
+
+fn fed(parts: http::response::Parts) -> (SimResponse, tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    (Response::from_parts(parts, BoxBody::new(Fed(receiver))), sender)
+}
+
+/// 200 with a body that keeps coming until the client leaves (or an hour passes).
+fn endless() -> SimResponse {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let (response, sender) = fed(parts);
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let head = Bytes::from_static(br#"{"status":"succeeded","padding":""#);
+        let chunk = Bytes::from(vec![b'x'; ENDLESS_CHUNK_BYTES]);
+        let mut next = head;
+        while started.elapsed() < ENDLESS_FOR && sender.send(Ok(next)).await.is_ok() {
+            next = chunk.clone();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    response
+}
+
+/// The correct answer, one byte every `interval`.
+fn dribbled(parts: http::response::Parts, bytes: Bytes, interval: Duration) -> SimResponse {
+    let (response, sender) = fed(parts);
+    tokio::spawn(async move {
+        for index in 0..bytes.len() {
+            if sender.send(Ok(bytes.slice(index..index + 1))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+    response
+}
+
+/// Headers promising the whole answer, half of it, then the connection is aborted.
+fn cut_short(mut parts: http::response::Parts, bytes: Bytes) -> SimResponse {
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let (response, sender) = fed(parts);
+    tokio::spawn(async move {
+        let half = bytes.slice(..bytes.len() / 2);
+        if sender.send(Ok(half)).await.is_ok() {
+            let aborted = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "reset_mid_body fault");
+            let _ = sender.send(Err(aborted)).await;
+        }
+    });
+    response
 }
 
 /// The faults that skip processing: 503 (after the usual latency) and hang.
@@ -203,9 +343,12 @@ fn process(
     }
     match route {
         Route::CreatePayment => create_payment(sim, fields, key, draw, behavior),
-        Route::Capture(reference) => operation(sim, reference, Operation::Capture, fields.amount),
-        Route::Refund(reference) => operation(sim, reference, Operation::Refund, fields.amount),
+        Route::Capture(reference) => {
+            operation(sim, reference, Operation::Capture, fields.amount, key)
+        }
+        Route::Refund(reference) => operation(sim, reference, Operation::Refund, fields.amount, key),
         Route::Status(reference) => status_query(sim, reference),
+        Route::ByPaygateId(id) => lookup(sim, id),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
@@ -273,23 +416,81 @@ fn outcome(reference: u64, card_number: Option<&str>, draw: &Draw, behavior: &Be
     Answer::declined(reference, behavior.decline_code(draw.decline_index))
 }
 
+/// A capture or refund; a repeat with the same `Idempotency-Key` gets the first answer and
+/// is not carried out again, as at a real PSP.
 fn operation(
     sim: &Simulator,
     reference: &str,
     operation: Operation,
     amount: Option<u64>,
+    key: Option<&str>,
 ) -> SimResponse {
     sim.stats.processed(match operation {
         Operation::Capture => Processed::Capture,
         Operation::Refund => Processed::Refund,
     });
+    if let Some(first) = key.and_then(|key| sim.stats.replay(key)) {
+        return answer_response(StatusCode::OK, sim, &first);
+    }
     let applied = sim.parse_reference(reference).and_then(|number| {
         sim.ledger
             .apply(number, operation, amount, || sim.next_reference())
     });
     match applied {
-        Some(answer) => answer_response(StatusCode::OK, sim, &answer),
+        Some(answer) => {
+            if let Some(key) = key {
+                sim.stats.remember(key, answer.clone());
+            }
+            answer_response(StatusCode::OK, sim, &answer)
+        }
         None => unknown_payment(reference),
+    }
+}
+
+/// The payment sent with `Idempotency-Key: {paygate_id}`, as it now stands; 404 when none was
+/// processed (never received, or refused unprocessed).
+fn lookup(sim: &Simulator, paygate_id: &str) -> SimResponse {
+    sim.stats.lookup();
+    if paygate_id.len() > MAX_PAYGATE_ID_LEN {
+        return error(StatusCode::BAD_REQUEST, "paygate_id is longer than 255 characters");
+    }
+    match sim.stats.first_answer(paygate_id) {
+        Some((_, first)) => {
+            let now = sim.ledger.status(first.reference).unwrap_or(first);
+            answer_response(StatusCode::OK, sim, &now)
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no payment was received with this paygate_id",
+        ),
+    }
+}
+
+/// What the simulator saw of one payment, for tests: how many requests carried its
+/// `paygate_id` and whether a payment was made for it (never more than one).
+fn seen_payment(sim: &Simulator, paygate_id: &str) -> SimResponse {
+    match sim.stats.first_answer(paygate_id) {
+        Some((requests, first)) => {
+            let now = sim.ledger.status(first.reference).unwrap_or(first);
+            let reference = Reference {
+                name: sim.name(),
+                number: now.reference,
+            };
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "paygate_id": paygate_id,
+                    "requests": requests,
+                    "processed": 1,
+                    "status": now.status.as_str(),
+                    "psp_reference": reference.to_string(),
+                }),
+            )
+        }
+        None => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"paygate_id": paygate_id, "requests": 0, "processed": 0}),
+        ),
     }
 }
 
@@ -453,8 +654,12 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> SimResponse {
     respond(status, bytes)
 }
 
+fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, std::io::Error> {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
 fn respond(status: StatusCode, bytes: Vec<u8>) -> SimResponse {
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
     if status != StatusCode::NO_CONTENT {
         response

@@ -6,8 +6,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -162,6 +166,13 @@ async fn connection(
 ) {
     // Answers are small; Nagle would hold them back waiting for more bytes.
     let _ = stream.set_nodelay(true);
+    let idle_close = sim.behavior_now().idle_close_ms;
+    let stream = IdleClose {
+        inner: stream,
+        after: (idle_close > 0).then(|| Duration::from_millis(idle_close)),
+        answered_at: None,
+        sim: Arc::clone(&sim),
+    };
     let Some(acceptor) = acceptor else {
         return serve_connection(TokioIo::new(stream), sim, builder, watcher).await;
     };
@@ -184,6 +195,67 @@ async fn serve_connection<I>(
     // Errors here are clients going away and injected resets: nothing to act on.
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, "mock-psp: connection ended with an error");
+    }
+}
+
+/// The `idle_close_ms` behaviour: a load balancer that dropped a keep-alive connection left
+/// idle too long, which the client has not noticed yet. The first bytes that arrive after an
+/// answer and a silence of at least `after` are not handed to hyper: the connection ends
+/// unread, so the request is never processed, every time, with no timer to race the client.
+struct IdleClose<S> {
+    inner: S,
+    after: Option<Duration>,
+    /// When the last answer bytes were written, until the next request's first bytes arrive.
+    answered_at: Option<std::time::Instant>,
+    sim: Arc<Simulator>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleClose<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !matches!(polled, Poll::Ready(Ok(()))) || buf.filled().len() == before {
+            return polled;
+        }
+        let idle_too_long = match (self.after, self.answered_at.take()) {
+            (Some(after), Some(answered_at)) => answered_at.elapsed() >= after,
+            _ => false,
+        };
+        if !idle_too_long {
+            return polled;
+        }
+        self.sim.stats.idle_closed();
+        buf.set_filled(before);
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "idle_close_ms: the connection was idle too long",
+        )))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleClose<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if self.after.is_some() && matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.answered_at = Some(std::time::Instant::now());
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

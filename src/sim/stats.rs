@@ -75,29 +75,30 @@ impl Outcomes {
     }
 }
 
-/// One counter per injected fault.
-#[derive(Debug, Default, Serialize)]
-struct Faults {
-    error_503: Counter,
-    error_500: Counter,
-    reset: Counter,
-    hang: Counter,
-}
+/// One counter per injected fault, in `Fault::ALL` order, serialized by fault name.
+#[derive(Debug, Default)]
+struct Faults([Counter; Fault::ALL.len()]);
 
 impl Faults {
     fn of(&self, fault: Fault) -> &Counter {
-        match fault {
-            Fault::Unavailable => &self.error_503,
-            Fault::InternalError => &self.error_500,
-            Fault::Reset => &self.reset,
-            Fault::Hang => &self.hang,
-        }
+        let index = Fault::ALL.iter().position(|f| *f == fault).unwrap_or(0);
+        &self.0[index]
     }
 
     fn clear(&self) {
-        for counter in [&self.error_503, &self.error_500, &self.reset, &self.hang] {
+        for counter in &self.0 {
             counter.clear();
         }
+    }
+}
+
+impl Serialize for Faults {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(Fault::ALL.len()))?;
+        for (fault, counter) in Fault::ALL.iter().zip(&self.0) {
+            map.serialize_entry(fault.name(), counter)?;
+        }
+        map.end()
     }
 }
 
@@ -154,6 +155,8 @@ pub struct Stats {
     status_queries: Counter,
     duplicates: Counter,
     untracked_keys: Counter,
+    lookups: Counter,
+    idle_closed: Counter,
     outcomes: Outcomes,
     faults: Faults,
     tracked_keys: AtomicU64,
@@ -172,6 +175,8 @@ impl Default for Stats {
             status_queries: Counter::default(),
             duplicates: Counter::default(),
             untracked_keys: Counter::default(),
+            lookups: Counter::default(),
+            idle_closed: Counter::default(),
             outcomes: Outcomes::default(),
             faults: Faults::default(),
             tracked_keys: AtomicU64::new(0),
@@ -242,6 +247,39 @@ impl Stats {
         }
     }
 
+    /// A lookup by `paygate_id` (the key the payment was sent with).
+    pub fn lookup(&self) {
+        self.lookups.add();
+    }
+
+    /// A request that arrived on a connection idle past `idle_close_ms` was dropped unread.
+    pub fn idle_closed(&self) {
+        self.idle_closed.add();
+    }
+
+    /// The first answer for `key` and how many requests carried it, if it was processed.
+    pub fn first_answer(&self, key: &str) -> Option<(u64, Answer)> {
+        self.keys
+            .get(key)
+            .map(|seen| (seen.count, seen.answer.clone()))
+    }
+
+    /// The first answer for `key`, counting this request as a duplicate; None when new.
+    pub fn replay(&self, key: &str) -> Option<Answer> {
+        self.count_duplicate(key)
+    }
+
+    /// Remembers `answer` as the first for `key` (an operation just carried out).
+    pub fn remember(&self, key: &str, answer: Answer) {
+        if !self.reserve_key() {
+            self.untracked_keys.add();
+            return;
+        }
+        self.keys
+            .entry(Box::from(key))
+            .or_insert(KeyRecord { count: 1, answer });
+    }
+
     /// Looks up without allocating the key, the common case for a retry.
     fn count_duplicate(&self, key: &str) -> Option<Answer> {
         let mut seen = self.keys.get_mut(key)?;
@@ -269,6 +307,8 @@ impl Stats {
             &self.status_queries,
             &self.duplicates,
             &self.untracked_keys,
+            &self.lookups,
+            &self.idle_closed,
         ] {
             counter.clear();
         }
@@ -304,6 +344,8 @@ impl Stats {
             faults: &self.faults,
             duplicates: &self.duplicates,
             untracked_keys: &self.untracked_keys,
+            lookups: &self.lookups,
+            idle_closed: &self.idle_closed,
             stored_payments,
             idempotency_keys: KeyCounts(&self.keys),
             recent: self.recent(),
@@ -330,6 +372,8 @@ struct StatsView<'a> {
     faults: &'a Faults,
     duplicates: &'a Counter,
     untracked_keys: &'a Counter,
+    lookups: &'a Counter,
+    idle_closed: &'a Counter,
     stored_payments: u64,
     idempotency_keys: KeyCounts<'a>,
     recent: Vec<RecentRequest>,
