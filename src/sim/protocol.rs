@@ -193,7 +193,11 @@ async fn endpoint(
 /// The answer a fault that struck after processing sends instead of `response`.
 async fn faulted(fault: Fault, response: SimResponse, behavior: &Behavior) -> SimResponse {
     let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let answered: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     match fault {
         Fault::InternalError => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -223,7 +227,11 @@ async fn faulted(fault: Fault, response: SimResponse, behavior: &Behavior) -> Si
             )
         }
         Fault::EndlessBody => endless(),
-        Fault::Dribble => dribbled(parts, bytes, Duration::from_millis(behavior.dribble_interval_ms)),
+        Fault::Dribble => dribbled(
+            parts,
+            bytes,
+            Duration::from_millis(behavior.dribble_interval_ms),
+        ),
         Fault::ResetMidBody => cut_short(parts, bytes),
         Fault::Reset | Fault::Late | Fault::Unavailable | Fault::Hang => {
             Response::from_parts(parts, full(bytes))
@@ -248,9 +256,17 @@ impl hyper::body::Body for Fed {
     }
 }
 
-fn fed(parts: http::response::Parts) -> (SimResponse, tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) {
+fn fed(
+    parts: http::response::Parts,
+) -> (
+    SimResponse,
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    (Response::from_parts(parts, BoxBody::new(Fed(receiver))), sender)
+    (
+        Response::from_parts(parts, BoxBody::new(Fed(receiver))),
+        sender,
+    )
 }
 
 /// 200 with a body that keeps coming until the client leaves (or an hour passes).
@@ -278,7 +294,11 @@ fn dribbled(parts: http::response::Parts, bytes: Bytes, interval: Duration) -> S
     let (response, sender) = fed(parts);
     tokio::spawn(async move {
         for index in 0..bytes.len() {
-            if sender.send(Ok(bytes.slice(index..index + 1))).await.is_err() {
+            if sender
+                .send(Ok(bytes.slice(index..index + 1)))
+                .await
+                .is_err()
+            {
                 return;
             }
             tokio::time::sleep(interval).await;
@@ -296,7 +316,10 @@ fn cut_short(mut parts: http::response::Parts, bytes: Bytes) -> SimResponse {
     tokio::spawn(async move {
         let half = bytes.slice(..bytes.len() / 2);
         if sender.send(Ok(half)).await.is_ok() {
-            let aborted = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "reset_mid_body fault");
+            let aborted = std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "reset_mid_body fault",
+            );
             let _ = sender.send(Err(aborted)).await;
         }
     });
@@ -346,7 +369,9 @@ fn process(
         Route::Capture(reference) => {
             operation(sim, reference, Operation::Capture, fields.amount, key)
         }
-        Route::Refund(reference) => operation(sim, reference, Operation::Refund, fields.amount, key),
+        Route::Refund(reference) => {
+            operation(sim, reference, Operation::Refund, fields.amount, key)
+        }
         Route::Status(reference) => status_query(sim, reference),
         Route::ByPaygateId(id) => lookup(sim, id),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
@@ -452,7 +477,10 @@ fn operation(
 fn lookup(sim: &Simulator, paygate_id: &str) -> SimResponse {
     sim.stats.lookup();
     if paygate_id.len() > MAX_PAYGATE_ID_LEN {
-        return error(StatusCode::BAD_REQUEST, "paygate_id is longer than 255 characters");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "paygate_id is longer than 255 characters",
+        );
     }
     match sim.stats.first_answer(paygate_id) {
         Some((_, first)) => {
@@ -655,7 +683,9 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> SimResponse {
 }
 
 fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, std::io::Error> {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn respond(status: StatusCode, bytes: Vec<u8>) -> SimResponse {
