@@ -605,3 +605,192 @@ async fn sigterm_stops_the_simulator() {
         .expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn lookup_by_paygate_id_finds_what_was_processed_and_nothing_else() {
+    let psp = MockPsp::start(&[
+        "--name",
+        "a",
+        "--error-500",
+        "1.0",
+        "--fault-scope",
+        "payments",
+    ])
+    .await;
+    let (status, _) = psp
+        .pay("pay_looked_up", payment(100, "4111111111111111"))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Faults hit payments only: the lookup answers, with the payment the 500 hid.
+    let (status, found) = psp
+        .call(
+            Method::GET,
+            "/payments/by-paygate-id/pay_looked_up",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, found),
+        (StatusCode::OK, answer("succeeded", "a-1", None))
+    );
+    let (status, seen) = psp
+        .call(Method::GET, "/_sim/payments/pay_looked_up", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen,
+        json!({ "paygate_id": "pay_looked_up", "requests": 1, "processed": 1, "status": "succeeded", "psp_reference": "a-1" })
+    );
+    for (path, expected) in [
+        (
+            "/payments/by-paygate-id/pay_never_sent",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &*format!("/payments/by-paygate-id/{}", "p".repeat(300)),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/_sim/payments/pay_never_sent", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = psp.call(Method::GET, path, &[], "").await;
+        assert_eq!(status, expected, "{path}: {body:?}");
+    }
+    let stats = psp.stats().await;
+    assert_eq!(stats["lookups"], 3, "the overlong one too");
+    assert_eq!(stats["payments"], 1);
+}
+
+#[tokio::test]
+async fn a_payment_refused_unprocessed_is_not_found_by_lookup() {
+    let psp = MockPsp::start(&["--error-503", "1.0", "--fault-scope", "payments"]).await;
+    let (status, _) = psp
+        .pay("pay_refused", payment(100, "4111111111111111"))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = psp
+        .call(Method::GET, "/payments/by-paygate-id/pay_refused", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The raw answer to one payment: status, and the body bytes that arrived before `within`
+/// ran out or the connection ended (Err: it was aborted).
+async fn raw_answer(psp: &MockPsp, within: Duration) -> (StatusCode, Result<Vec<u8>, Vec<u8>>) {
+    let request = Request::post(format!("{}/payments", psp.base))
+        .header("idempotency-key", "pay_raw")
+        .body(Full::new(Bytes::from(
+            payment(100, "4111111111111111").to_string(),
+        )))
+        .expect("request");
+    let response = tokio::time::timeout(CALL, http_client().request(request))
+        .await
+        .expect("head in time")
+        .expect("a head");
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) | Ok(None) => return (status, Ok(received)),
+            Ok(Some(Err(_))) => return (status, Err(received)),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn faults_after_processing_answer_as_broken_psps_do() {
+    let long = Duration::from_secs(5);
+    let psp = MockPsp::start(&["--name", "g", "--garbage", "1.0"]).await;
+    let (status, body) = raw_answer(&psp, long).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        serde_json::from_slice::<Value>(&body.unwrap()).is_err(),
+        "not JSON"
+    );
+
+    let psp = MockPsp::start(&["--name", "u", "--unknown-status", "1.0"]).await;
+    let (_, body) = raw_answer(&psp, long).await;
+    let body: Value = serde_json::from_slice(&body.unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({ "status": "authorised_maybe", "psp_reference": "u-1" })
+    );
+
+    let psp = MockPsp::start(&["--name", "m", "--missing-reference", "1.0"]).await;
+    let (_, body) = raw_answer(&psp, long).await;
+    let body: Value = serde_json::from_slice(&body.unwrap()).unwrap();
+    assert_eq!(body, json!({ "status": "succeeded" }));
+
+    let psp = MockPsp::start(&["--huge-body", "1.0"]).await;
+    let (_, body) = raw_answer(&psp, long).await;
+    assert!(body.unwrap().len() > 8 * 1024 * 1024);
+
+    let psp = MockPsp::start(&["--reset-mid-body", "1.0"]).await;
+    let (status, body) = raw_answer(&psp, long).await;
+    assert_eq!(status, StatusCode::OK);
+    let cut = body.expect_err("aborted mid-body");
+    assert!(!cut.is_empty(), "part of the body came first");
+
+    let psp = MockPsp::start(&["--endless-body", "1.0"]).await;
+    let (_, body) = raw_answer(&psp, Duration::from_millis(500)).await;
+    assert!(
+        body.unwrap().len() > 64 * 1024,
+        "still streaming after 64 KiB"
+    );
+
+    let psp = MockPsp::start(&["--dribble", "1.0", "--dribble-interval-ms", "100"]).await;
+    let (_, body) = raw_answer(&psp, Duration::from_millis(550)).await;
+    let dribbled = body.unwrap().len();
+    assert!(
+        (3..=7).contains(&dribbled),
+        "about one byte per 100 ms: {dribbled}"
+    );
+
+    // The payment behind the dribble was made, and the lookup finds it.
+    let (status, _) = psp
+        .call(Method::GET, "/payments/by-paygate-id/pay_raw", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(psp.stats().await["outcomes"]["dribble"], 1);
+}
+
+#[tokio::test]
+async fn a_request_on_a_connection_left_idle_is_dropped_unread() {
+    let psp = MockPsp::start(&["--idle-close-ms", "100"]).await;
+    let client = http_client();
+    let body = payment(100, "4111111111111111").to_string();
+    let pay = |key: &'static str| {
+        let client = client.clone();
+        let base = psp.base.clone();
+        let body = body.clone();
+        async move {
+            call(
+                &client,
+                &base,
+                Method::POST,
+                "/payments",
+                &[("idempotency-key", key)],
+                &body,
+            )
+            .await
+        }
+    };
+    assert!(pay("k1").await.is_ok());
+    // Soon after: the same connection still works.
+    assert!(pay("k2").await.is_ok());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Idle too long: the pooled connection is closed under the request, unprocessed.
+    assert!(pay("k3").await.is_err());
+    let stats = psp.stats().await;
+    assert_eq!(stats["idle_closed"], 1);
+    assert_eq!(stats["payments"], 2, "k3 was never processed");
+    // A fresh connection is served.
+    assert!(pay("k3").await.is_ok());
+}
