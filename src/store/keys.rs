@@ -187,9 +187,11 @@ impl JournalKeys {
         else {
             return None;
         };
+        // A key that made something is answered from it as it now stands: its first
+        // answer need not be kept beside it.
         let record = KeyRecord {
             request_hash: *request_hash,
-            answer,
+            answer: if target.is_some() { None } else { answer },
             target: target.clone(),
             expires_at_ms,
         };
