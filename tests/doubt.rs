@@ -9,13 +9,10 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use support::*;
 
@@ -23,47 +20,6 @@ const SECRET: &str = "whsec_doubt";
 const MERCHANT_KEY: &str = "doubt-key";
 /// The channel's timeout in these tests: short, so that reconciliation may ask soon.
 const TIMEOUT_MS: u64 = 600;
-
-/// A merchant's webhook endpoint: the signature header, the path and the body of each call.
-async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Bytes)>>>) {
-    let received: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/doubt?v=1", listener.local_addr().unwrap());
-    let store = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let signature = request
-                                .headers()
-                                .get("paygate-signature")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            store.lock().unwrap().push((signature, body));
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    });
-    (url, received)
-}
 
 /// Two channels: `a` (the faulty PSP, first by priority) and `b`, which must never see the
 /// payment; a merchant that signs and has a webhook; fast reconciliation.
@@ -116,6 +72,18 @@ async fn signed(gateway: &Process, method: Method, target: &str, body: &str) -> 
     .await
 }
 
+/// The payment once it is no longer pending (or as it is after 10 s).
+async fn settled(gateway: &Process, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = signed(gateway, Method::GET, &format!("/v1/payments/{id}"), "").await;
+        if read.json["status"] != "pending" || Instant::now() >= deadline {
+            return read.json;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One fault mode, end to end: `flags` make the PSP process every payment and then fail to
 /// answer it properly.
 async fn reconciled_after(flags: &[&str]) {
@@ -123,7 +91,7 @@ async fn reconciled_after(flags: &[&str]) {
     args.extend_from_slice(flags);
     let a = Process::mock_psp(&args).await;
     let b = Process::mock_psp(&["--name", "b"]).await;
-    let (webhook, hooks) = webhook_receiver().await;
+    let (webhook, hooks) = recorder("/hooks/doubt?v=1", |_| Bytes::new()).await;
     let gateway =
         Process::gateway_with_env(&routes(&a, &b, &webhook), &[("DOUBT_SECRET", SECRET)]).await;
 
@@ -150,14 +118,7 @@ async fn reconciled_after(flags: &[&str]) {
     let id = answer.json["id"].as_str().unwrap().to_string();
 
     // Reconciled on `a`, by paygate_id, to what `a` did.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let settled = loop {
-        let read = signed(&gateway, Method::GET, &format!("/v1/payments/{id}"), "").await;
-        if read.json["status"] != "pending" || Instant::now() >= deadline {
-            break read.json;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let settled = settled(&gateway, &id).await;
     let seen = send(
         Method::GET,
         &format!("{}/_sim/payments/{id}", a.base),
@@ -188,14 +149,7 @@ async fn reconciled_after(flags: &[&str]) {
     );
 
     // The merchant is told, signed over the webhook's own POST and path.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (signature, hook) = loop {
-        if let Some(first) = hooks.lock().unwrap().first().cloned() {
-            break first;
-        }
-        assert!(Instant::now() < deadline, "{flags:?}: no webhook");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (signature, hook) = first_received(&hooks).await;
     let event: Value = serde_json::from_slice(&hook).unwrap();
     assert_eq!(event["payment"]["id"], id.as_str());
     assert_eq!(event["payment"]["status"], "succeeded");
@@ -270,21 +224,14 @@ async fn a_payment_the_psp_never_received_is_failed_with_nothing_charged() {
     // Every call hangs unprocessed: the PSP has no payment for the paygate_id.
     let a = Process::mock_psp(&["--name", "a", "--hang", "1", "--fault-scope", "payments"]).await;
     let b = Process::mock_psp(&["--name", "b"]).await;
-    let (webhook, hooks) = webhook_receiver().await;
+    let (webhook, hooks) = recorder("/hooks/doubt?v=1", |_| Bytes::new()).await;
     let gateway =
         Process::gateway_with_env(&routes(&a, &b, &webhook), &[("DOUBT_SECRET", SECRET)]).await;
     let body = card_payment(4_300, "EUR").to_string();
     let answer = signed(&gateway, Method::POST, "/v1/payments", &body).await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.json);
     let id = answer.json["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let settled = loop {
-        let read = signed(&gateway, Method::GET, &format!("/v1/payments/{id}"), "").await;
-        if read.json["status"] != "pending" || Instant::now() >= deadline {
-            break read.json;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let settled = settled(&gateway, &id).await;
     assert_eq!(settled["status"], "failed", "{settled:?}");
     assert_eq!(settled["reconciled"], true);
     assert_eq!(settled["captured_amount"], 0);
@@ -297,12 +244,8 @@ async fn a_payment_the_psp_never_received_is_failed_with_nothing_charged() {
     .await;
     assert_eq!(seen.json["processed"], 0);
     assert_eq!(b.stats().await["requests"], 0, "never sent elsewhere");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while hooks.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "no webhook");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let event: Value = serde_json::from_slice(&hooks.lock().unwrap()[0].1).unwrap();
+    let (_, hook) = first_received(&hooks).await;
+    let event: Value = serde_json::from_slice(&hook).unwrap();
     assert_eq!(event["payment"]["status"], "failed");
 }
 
@@ -311,7 +254,7 @@ async fn a_pooled_connection_the_psp_closed_is_sent_again_on_a_fresh_one() {
     // Like a load balancer that drops keep-alive connections idle for 100 ms.
     let a = Process::mock_psp(&["--name", "a", "--idle-close-ms", "100"]).await;
     let b = Process::mock_psp(&["--name", "b"]).await;
-    let (webhook, _hooks) = webhook_receiver().await;
+    let (webhook, _hooks) = recorder("/hooks/doubt?v=1", |_| Bytes::new()).await;
     let gateway =
         Process::gateway_with_env(&routes(&a, &b, &webhook), &[("DOUBT_SECRET", SECRET)]).await;
     let mut ids = Vec::new();

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use support::*;
@@ -277,49 +275,6 @@ async fn a_corrupt_or_locked_journal_stops_start_up_by_name() {
     drop(holder);
 }
 
-/// A merchant's webhook endpoint: records what it receives.
-async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Bytes)>>>) {
-    let received: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/paygate", listener.local_addr().unwrap());
-    let store = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let signature = request
-                                .headers()
-                                .get("paygate-signature")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            store.lock().unwrap().push((signature, body));
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                                b"ok",
-                            ))))
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    });
-    (url, received)
-}
-
 /// `Paygate-Signature` for `method target` with `body` under the test merchant's secret.
 fn sign(method: &str, target: &str, body: &[u8]) -> String {
     let t = std::time::SystemTime::now()
@@ -335,7 +290,7 @@ fn sign(method: &str, target: &str, body: &[u8]) -> String {
 #[tokio::test]
 async fn pending_payments_are_reconciled_and_the_merchant_is_told() {
     let sim = Process::mock_psp(&["--name", "psp", "--pending-resolves-ms", "500"]).await;
-    let (webhook, received) = webhook_receiver().await;
+    let (webhook, received) = recorder("/hooks/paygate", |_| Bytes::from_static(b"ok")).await;
     let extra = format!(
         "\n[reconciliation]\ninterval_ms = 100\nmax_backoff_ms = 400\n\n[[merchants]]\nid = \"hooked\"\napi_key_sha256 = \"{}\"\nsigning_secret = \"env:PAYGATE_TEST_WEBHOOK_SECRET\"\nwebhook_url = \"{webhook}\"\n",
         sha256_hex("hooked-key")
@@ -393,14 +348,7 @@ async fn pending_payments_are_reconciled_and_the_merchant_is_told() {
         "never re-sent, only queried"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (signature, body) = loop {
-        if let Some(first) = received.lock().unwrap().first().cloned() {
-            break first;
-        }
-        assert!(Instant::now() < deadline, "no webhook");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (signature, body) = first_received(&received).await;
     let hook: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(hook["type"], "payment.reconciled");
     assert_eq!(hook["payment"]["id"], id.as_str());

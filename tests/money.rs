@@ -6,13 +6,11 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use support::*;
 
@@ -270,50 +268,14 @@ impl Drop for Unmount {
     }
 }
 
-/// A PSP that records every body it receives and approves every payment.
-async fn recording_psp() -> (String, Arc<Mutex<Vec<Bytes>>>) {
-    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let store = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let n = {
-                                let mut bodies = store.lock().unwrap();
-                                bodies.push(body);
-                                bodies.len()
-                            };
-                            let answer =
-                                format!(r#"{{"status":"succeeded","psp_reference":"r-{n}"}}"#);
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(answer))))
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    });
-    (url, received)
-}
-
 #[tokio::test]
 async fn the_body_reaches_the_psp_byte_for_byte_and_bad_bodies_are_refused_without_quoting_them() {
-    let (url, received) = recording_psp().await;
+    let (url, received) = recorder("", |n| {
+        Bytes::from(format!(
+            r#"{{"status":"succeeded","psp_reference":"r-{n}"}}"#
+        ))
+    })
+    .await;
     let text = format!(
         "{}\n[[channels]]\nname = \"rec\"\nurl = \"{url}\"\n\n[[rules]]\nname = \"all\"\nchannels = [\"rec\"]\n",
         base_config()
@@ -340,7 +302,7 @@ async fn the_body_reaches_the_psp_byte_for_byte_and_bad_bodies_are_refused_witho
     .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.json);
     let id = answer.json["id"].as_str().unwrap().to_string();
-    let forwarded = String::from_utf8(received.lock().unwrap()[0].to_vec()).unwrap();
+    let forwarded = String::from_utf8(received.lock().unwrap()[0].1.to_vec()).unwrap();
     assert_eq!(
         forwarded,
         format!(

@@ -19,6 +19,10 @@ LOW_RATE=${LOW_RATE:-5000}     # a second fixed rate, one every target sustains
 LOW_DURATION=${LOW_DURATION:-10}
 API_KEY=bench-key-$$
 OUT=${OUT:-$ROOT/benches/RESULTS.md}
+# BEFORE=/path/to/paygate: a paygate binary built from an earlier commit, measured as the
+# target "before" beside the current one (same config, same rounds), to price a change.
+BEFORE=${BEFORE:-}
+TARGETS="direct paygate nginx haproxy${BEFORE:+ before}"
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -101,12 +105,13 @@ wait_port "$HAPROXY_PORT" || { log "haproxy did not start"; cat "$TMP/haproxy.ou
 # --- paygate (started fresh for each round, fresh journal) --------------------------------
 KEYHASH=$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)
 PG_PID=; PG_URL=; PG_ADMIN=
-start_paygate() { # round
-  local dir=$TMP/paygate-$1
+start_paygate() { # round [binary]
+  local dir=$TMP/paygate-$1 bin=${2:-$PAYGATE}
+  rm -rf "$dir"
   mkdir -p "$dir"
   fill "$HERE/routes.toml.tmpl" | sed -e "s|@JOURNAL@|$dir/journal.db|" -e "s|@KEYHASH@|$KEYHASH|" > "$dir/routes.toml"
-  "$PAYGATE" --config "$dir/routes.toml" check > /dev/null
-  "$PAYGATE" --config "$dir/routes.toml" serve > "$dir/stdout" 2> "$dir/stderr" &
+  "$bin" --config "$dir/routes.toml" check > /dev/null
+  "$bin" --config "$dir/routes.toml" serve > "$dir/stdout" 2> "$dir/stderr" &
   PG_PID=$!
   PIDS+=($PG_PID)
   local line
@@ -124,7 +129,7 @@ stop_paygate() {
 url_of() {
   case $1 in
     direct) echo "http://127.0.0.1:$SIMPORT/payments" ;;
-    paygate) echo "$PG_URL/v1/payments" ;;
+    paygate|before) echo "$PG_URL/v1/payments" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/payments" ;;
     haproxy) echo "http://127.0.0.1:$HAPROXY_PORT/v1/payments" ;;
   esac
@@ -168,10 +173,12 @@ fi
 RAW=$TMP/raw.tsv
 printf 'round\ttarget\trps\tthr_errors\tlat_rate\tp50_us\tp99_us\tp999_us\tlat_errors\trss_kib\tpg_statuses\tlow_p50_us\tlow_p99_us\tlow_p999_us\tlow_rate\tlow_errors\n' > "$RAW"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+is_paygate() { [ "$1" = paygate ] || [ "$1" = before ]; }
 for round in $(seq "$REPEATS"); do
-  for t in direct paygate nginx haproxy; do
+  for t in $TARGETS; do
     rss=-; statuses=-
     [ "$t" = paygate ] && start_paygate "$round"
+    [ "$t" = before ] && start_paygate "$round-before" "$BEFORE"
     sim_reset
     run_wrk "$t" closed "$WARMUP" "r$round-$t-warm" > /dev/null
     sim_reset
@@ -185,7 +192,7 @@ for round in $(seq "$REPEATS"); do
     lrate=$(awk -v n="$(field "$lat" requests)" -v d="$(field "$lat" duration_us)" 'BEGIN{printf "%.0f", n/(d/1e6)}')
     lowerr=$(( $(field "$low" err_connect) + $(field "$low" err_read) + $(field "$low" err_write) + $(field "$low" err_timeout) + $(field "$low" non2xx) ))
     lowrate=$(awk -v n="$(field "$low" requests)" -v d="$(field "$low" duration_us)" 'BEGIN{printf "%.0f", n/(d/1e6)}')
-    if [ "$t" = paygate ]; then
+    if is_paygate "$t"; then
       rss=$(awk '/VmHWM/{print $2}' "/proc/$PG_PID/status")
       statuses=$(curl -s "$PG_ADMIN/metrics" | awk '/^paygate_http_requests_total/ {match($0,/status="[0-9]+"/); s=substr($0,RSTART+8,3); c[s]+=$NF} END{for(k in c) if (c[k]>0) printf "%s:%d ", k, c[k]}')
       stop_paygate
@@ -203,7 +210,7 @@ med() { # target column -> median over rounds
   awk -F'\t' -v t="$1" -v c="$2" 'NR>1 && $2==t {print $c}' "$RAW" | sort -g | awk '{a[NR]=$1} END{if(NR%2) print a[(NR+1)/2]; else printf "%g\n", (a[NR/2]+a[NR/2+1])/2}'
 }
 declare -A M
-for t in direct paygate nginx haproxy; do
+for t in $TARGETS; do
   for c in 3 5 6 7 8 12 13 14 15; do M[$t,$c]=$(med "$t" "$c"); done
 done
 sum_col() { awk -F'\t' -v t="$1" -v c="$2" 'NR>1 && $2==t {s+=$c} END{print s+0}' "$RAW"; }
@@ -235,19 +242,20 @@ b5=$([ "$PG_ERR" -eq 0 ] && echo 1 || echo 0)
   echo "- Load average (1/5/15 min) before the rounds: $LOAD_START; after: $LOAD_END (load generator, targets and simulator share the $CORES cores; other work may have been running)"
   echo "- paygate $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)'), $(nginx -v 2>&1 | cut -d: -f2 | sed 's/^ //'), HAProxy $($HAPROXY -v | head -1 | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
   echo "- Load: wrk, $THREADS threads, $CONNS connections, \`POST\` with a 400-byte JSON body, \`Authorization: Bearer\`, \`Content-Type\`, a unique \`Idempotency-Key\` per request. Per target and round: ${WARMUP} s warm-up, ${DURATION} s closed-loop throughput run, ${LAT_DURATION} s fixed-rate latency run at $RATE req/s (half of nginx's ${NGINX_CAL} req/s calibration run; wrk with a paced Lua schedule, see LOAD.md). $REPEATS rounds, targets interleaved; medians below."
+  [ -n "$BEFORE" ] && echo "- before: \`$BEFORE\` ($("$BEFORE" --version 2>/dev/null || echo 'an earlier build')), the same config and rounds as paygate"
   echo "- Upstream: one \`paygate mock-psp --latency fixed:0 --success-rate 1.0\`; direct = \`POST /payments\` on it; nginx and HAProxy map \`/v1/payments\` to \`/payments\`; paygate routes over 3 channels all pointing at it (auth, rate limits, idempotency, adaptive routing, metrics, SQLite journal \`sync = \"batch\"\`), restarted with a fresh journal each round."
   echo
   echo "## Medians"
   echo
   echo "| target | throughput req/s | latency run: achieved req/s | p50 ms | p99 ms | p99.9 ms |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-  for t in direct paygate nginx haproxy; do
+  for t in $TARGETS; do
     echo "| $t | ${M[$t,3]} | ${M[$t,5]} | $(ms "${M[$t,6]}") | $(ms "${M[$t,7]}") | $(ms "${M[$t,8]}") |"
   done
   echo
   echo "| ratio | throughput | p50 | p99 | p99.9 |"
   echo "| --- | ---: | ---: | ---: | ---: |"
-  for b in nginx haproxy direct; do
+  for b in nginx haproxy direct${BEFORE:+ before}; do
     echo "| paygate/$b | $(ratio "${M[paygate,3]}" "${M[$b,3]}")x | $(ratio "${M[paygate,6]}" "${M[$b,6]}")x | $(ratio "${M[paygate,7]}" "${M[$b,7]}")x | $(ratio "${M[paygate,8]}" "${M[$b,8]}")x |"
   done
   echo
@@ -261,7 +269,7 @@ b5=$([ "$PG_ERR" -eq 0 ] && echo 1 || echo 0)
   echo
   echo "| target | achieved req/s | p50 ms | p99 ms | p99.9 ms |"
   echo "| --- | ---: | ---: | ---: | ---: |"
-  for t in direct paygate nginx haproxy; do
+  for t in $TARGETS; do
     echo "| $t | ${M[$t,15]} | $(ms "${M[$t,12]}") | $(ms "${M[$t,13]}") | $(ms "${M[$t,14]}") |"
   done
   echo

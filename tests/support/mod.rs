@@ -369,3 +369,75 @@ pub fn channel(name: &str, sim: &Process, extra: &str) -> String {
         sim.base
     )
 }
+
+/// What a [`recorder`] received, one entry a request: its `Paygate-Signature` (empty when
+/// absent) and its body.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Bytes)>>>;
+
+/// An HTTP/1 server on 127.0.0.1 that records every request and answers the `n`th (from 1)
+/// with 200 and `answer(n)`: a merchant's webhook endpoint, or a PSP that approves all.
+/// Returns `http://ADDR{path}`.
+pub async fn recorder(path: &str, answer: fn(usize) -> Bytes) -> (String, Received) {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the recorder");
+    let url = format!("http://{}{path}", listener.local_addr().expect("bound"));
+    let store = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let signature = request
+                                .headers()
+                                .get("paygate-signature")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let n = {
+                                let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
+                                all.push((signature, body));
+                                all.len()
+                            };
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                answer(n),
+                            )))
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (url, received)
+}
+
+/// The first request a [`recorder`] received, waited for up to 10 s.
+pub async fn first_received(received: &Received) -> (String, Bytes) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let first = received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .cloned();
+        if let Some(first) = first {
+            return first;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing received");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
