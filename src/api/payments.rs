@@ -210,7 +210,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             break;
         }
     }
-    let failure = if let Some(error) = unrecorded.filter(|_| finished.is_none()) {
+    let failure = if let Some(error) = unrecorded {
         // The channel whose intent failed was never called: the payment stands where its
         // last real attempt left it.
         scope.gateway.store.update(&id, &mut |p| {
