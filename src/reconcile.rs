@@ -53,38 +53,12 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
     loop {
         let settings = gateway.snapshot().config.reconciliation.clone();
         tokio::time::sleep(settings.interval).await;
-        let pending = gateway.store.pending();
-        let in_doubt: Vec<(Payment, Option<String>)> = pending
-            .into_iter()
-            .flat_map(|payment| {
-                let operations: Vec<String> = payment
-                    .operations
-                    .iter()
-                    .filter(|op| op.status == PaymentStatus::Pending)
-                    .filter(|op| op.in_doubt_until_ms.is_none_or(|until| now_ms() >= until))
-                    .map(|op| op.id.clone())
-                    .collect();
-                let itself = (payment.status == PaymentStatus::Pending
-                    && payment
-                        .in_doubt_until_ms
-                        .is_none_or(|until| now_ms() >= until))
-                .then_some(None);
-                itself
-                    .into_iter()
-                    .chain(operations.into_iter().map(Some))
-                    .map(move |operation| (payment.clone(), operation))
-            })
-            .collect();
-        due.retain(|id, _| {
-            in_doubt
-                .iter()
-                .any(|(p, op)| op.as_deref().unwrap_or(&p.id) == id)
-        });
+        let in_doubt = askable(gateway.store.pending(), now_ms());
+        due.retain(|id, _| in_doubt.iter().any(|item| item.id() == id));
         let mut queries = JoinSet::new();
-        for (payment, operation) in in_doubt {
+        for item in in_doubt {
             let now = Instant::now();
-            let id = operation.clone().unwrap_or_else(|| payment.id.clone());
-            let entry = due.entry(id.clone()).or_insert(Due {
+            let entry = due.entry(item.id().to_string()).or_insert(Due {
                 at: now,
                 wait: settings.interval,
             });
@@ -93,23 +67,64 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
             }
             entry.wait = (entry.wait * 2).min(settings.max_backoff);
             entry.at = now + entry.wait;
-            let age = Duration::from_millis(now_ms().saturating_sub(payment.created_at_ms));
+            let age = Duration::from_millis(now_ms().saturating_sub(item.payment.created_at_ms));
             if age > settings.deadline {
-                tracing::warn!(payment = %payment.id, item = %id, channel = payment.channel.as_deref().unwrap_or("none"), "still pending after the reconciliation deadline: needs operations");
+                tracing::warn!(payment = %item.payment.id, item = %item.id(), channel = item.payment.channel.as_deref().unwrap_or("none"), "still pending after the reconciliation deadline: needs operations");
                 continue;
             }
             while queries.len() >= MAX_CONCURRENT_QUERIES {
                 queries.join_next().await;
             }
-            match operation {
-                None => queries.spawn(reconcile(gateway.clone(), payment, age)),
+            let gateway = gateway.clone();
+            match item.operation {
+                None => queries.spawn(reconcile(gateway, item.payment, age)),
                 Some(operation) => {
-                    queries.spawn(reconcile_operation(gateway.clone(), payment, operation))
+                    queries.spawn(reconcile_operation(gateway, item.payment, operation))
                 }
             };
         }
         while queries.join_next().await.is_some() {}
     }
+}
+
+/// One thing awaiting a final answer: a payment, or one capture or refund of it.
+struct InDoubt {
+    payment: Payment,
+    operation: Option<String>,
+}
+
+impl InDoubt {
+    /// The payment's id, or the operation's.
+    fn id(&self) -> &str {
+        self.operation.as_deref().unwrap_or(&self.payment.id)
+    }
+}
+
+/// What is in doubt and may be asked about now: its call's own timeout has passed.
+fn askable(pending: Vec<Payment>, now_ms: u64) -> Vec<InDoubt> {
+    let passed = |until: Option<u64>| until.is_none_or(|until| now_ms >= until);
+    let mut items = Vec::new();
+    for payment in pending {
+        let operations: Vec<String> = payment
+            .operations
+            .iter()
+            .filter(|op| op.status == PaymentStatus::Pending && passed(op.in_doubt_until_ms))
+            .map(|op| op.id.clone())
+            .collect();
+        for operation in operations {
+            items.push(InDoubt {
+                payment: payment.clone(),
+                operation: Some(operation),
+            });
+        }
+        if payment.status == PaymentStatus::Pending && passed(payment.in_doubt_until_ms) {
+            items.push(InDoubt {
+                payment,
+                operation: None,
+            });
+        }
+    }
+    items
 }
 
 /// What a query found.
