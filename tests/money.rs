@@ -539,3 +539,75 @@ async fn three_crashes_under_mixed_load_lose_no_acknowledged_operation_and_charg
         assert_eq!(seen.json["processed"], 1, "{id}: {:?}", seen.json);
     }
 }
+
+#[tokio::test]
+async fn a_capture_in_flight_at_a_crash_stays_reserved_and_is_settled_by_its_own_key() {
+    let a = Process::mock_psp(&["--name", "a", "--latency", "fixed:1200"]).await;
+    let text = routes_with(&[("a", &a)], "timeout_ms = 3000", FAST_RECONCILIATION);
+    let mut first = Process::gateway(&text).await;
+    let routes = first.routes.clone();
+    let paid = pay(&first, &card_payment(2_000, "EUR")).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{:?}", paid.json);
+    let id = paid.json["id"].as_str().unwrap().to_string();
+
+    // The capture reaches the PSP, then paygate dies before the answer.
+    let base = first.base.clone();
+    let capture_id = id.clone();
+    let capture = tokio::spawn(async move {
+        let auth = format!("Bearer {KEY}");
+        try_send(
+            Method::POST,
+            &format!("{base}/v1/payments/{capture_id}/capture"),
+            &[("authorization", &auth)],
+            r#"{"amount": 500}"#,
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.stats().await["captures"].as_u64().unwrap_or(0) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the capture did not reach the PSP"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.signal("KILL");
+    assert_eq!(first.exit_code(Duration::from_secs(5)).await, None);
+    assert!(
+        capture.await.unwrap().is_err(),
+        "no answer from a killed gateway"
+    );
+
+    let second = Process::gateway_in(&routes).await;
+    // In doubt: its amount stays reserved, so no more than the rest can be captured.
+    let payment = get_payment(&second, KEY, &id).await.json;
+    assert_eq!(payment["operations"][0]["status"], "pending", "{payment:?}");
+    let too_much = follow_up(&second, &id, "capture", r#"{"amount": 1600}"#).await;
+    assert_eq!(
+        too_much.status,
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        too_much.json
+    );
+    // Re-sent with its own key: the PSP answers the first capture again, it does not capture twice.
+    let settled = wait_for(&second, &id, Duration::from_secs(15), |p| {
+        p["operations"][0]["status"] != "pending"
+    })
+    .await;
+    assert_eq!(
+        settled["operations"][0]["status"], "succeeded",
+        "{settled:?}"
+    );
+    assert_eq!(settled["captured_amount"], 500);
+    let stats = a.stats().await;
+    assert_eq!(
+        stats["duplicates"], 1,
+        "the re-send was a duplicate: {stats:?}"
+    );
+    // The rest can still be captured, once.
+    let rest = follow_up(&second, &id, "capture", "").await;
+    assert_eq!(rest.status, StatusCode::OK, "{:?}", rest.json);
+    assert_eq!(rest.json["amount"], 1_500);
+    let after = get_payment(&second, KEY, &id).await.json;
+    assert_eq!(after["captured_amount"], 2_000);
+}
