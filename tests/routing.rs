@@ -217,16 +217,30 @@ async fn refused_connections_fail_over_and_never_charge_twice() {
         });
     }
     let mut ids = Vec::new();
+    let mut in_doubt = Vec::new();
     let mut failed_over = 0;
     while let Some(answers) = tasks.join_next().await {
         for (status, json) in answers.expect("worker") {
+            let attempts = json["attempts"].as_array().unwrap();
+            let id = json["id"].as_str().unwrap().to_string();
+            if status == StatusCode::ACCEPTED {
+                // The simulator closes its listener to refuse; a connect that completed just
+                // before the close is reset after the request was written. That is ambiguous,
+                // and paygate must leave it pending on that channel, never fail it over.
+                assert_eq!(json["status"], "pending", "{json}");
+                assert_eq!(attempts.last().unwrap()["outcome"], "error", "{json}");
+                assert_eq!(json["channel"], attempts.last().unwrap()["channel"]);
+                in_doubt.push(id);
+                continue;
+            }
             assert_eq!(status, StatusCode::CREATED, "{json}");
             assert_eq!(json["status"], "succeeded");
-            failed_over += usize::from(json["attempts"].as_array().unwrap().len() > 1);
-            ids.push(json["id"].as_str().unwrap().to_string());
+            failed_over += usize::from(attempts.len() > 1);
+            ids.push(id);
         }
     }
-    assert_eq!(ids.len(), 200);
+    assert_eq!(ids.len() + in_doubt.len(), 200);
+    assert!(in_doubt.len() <= 10, "{} payments in doubt", in_doubt.len());
     // Across both simulators, each payment id was received exactly once.
     let mut seen: HashMap<String, u64> = HashMap::new();
     for sim in [&refusing, &steady] {
@@ -243,7 +257,10 @@ async fn refused_connections_fail_over_and_never_charge_twice() {
             seen.get(id)
         );
     }
-    assert_eq!(seen.len(), 200);
+    for id in &in_doubt {
+        assert!(seen.get(id).is_none_or(|n| *n <= 1), "{id}: {:?}", seen.get(id));
+    }
+    assert!((ids.len()..=200).contains(&seen.len()), "{}", seen.len());
     assert!(
         failed_over > 0,
         "some connections must have been refused and failed over"
