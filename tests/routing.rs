@@ -164,6 +164,25 @@ async fn explain_shows_candidates_scores_and_the_pick() {
     assert_eq!(e["candidates"][0]["standing"], "eligible");
     assert_eq!(e["candidates"][0]["fee"], 30, "2% of 1000 plus 10");
     assert_eq!(e["candidates"][0]["counts"]["successes"], 5);
+    // The evidence routing draws from, and its change detector: five approvals (fading a
+    // little with time, 30 s time constant), no change detected.
+    let evidence = &e["candidates"][0]["evidence"];
+    let (outcomes, successes) = (
+        evidence["outcomes"].as_f64(),
+        evidence["successes"].as_f64(),
+    );
+    assert!(
+        outcomes.is_some_and(|n| (4.0..=5.0).contains(&n)),
+        "{evidence}"
+    );
+    assert_eq!(outcomes, successes, "{evidence}");
+    let detector = &e["candidates"][0]["detector"];
+    assert_eq!(detector["changes"], 0);
+    let recent = detector["recent"]["outcomes"].as_f64();
+    assert!(
+        recent.is_some_and(|n| (4.0..=5.0).contains(&n)),
+        "{detector}"
+    );
     assert!(e["candidates"][0]["score"].is_number());
     assert_eq!(e["candidates"][1]["channel"], "b");
     assert_eq!(e["candidates"][1]["standing"], "ineligible");
@@ -258,7 +277,11 @@ async fn refused_connections_fail_over_and_never_charge_twice() {
         );
     }
     for id in &in_doubt {
-        assert!(seen.get(id).is_none_or(|n| *n <= 1), "{id}: {:?}", seen.get(id));
+        assert!(
+            seen.get(id).is_none_or(|n| *n <= 1),
+            "{id}: {:?}",
+            seen.get(id)
+        );
     }
     assert!((ids.len()..=200).contains(&seen.len()), "{}", seen.len());
     assert!(

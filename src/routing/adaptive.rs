@@ -22,12 +22,12 @@
 use rand::RngExt;
 use rand_distr::{Beta, Distribution};
 
-use super::score::Counts;
+use super::score::Estimate;
 
 /// A draw from Beta(s + 1, f + 1); the mean when the parameters are unusable.
-pub fn sample_success(counts: &Counts, rng: &mut impl rand::Rng) -> f64 {
-    let alpha = counts.successes as f64 + 1.0;
-    let beta = counts.total.saturating_sub(counts.successes) as f64 + 1.0;
+pub fn sample_success(evidence: &Estimate, rng: &mut impl rand::Rng) -> f64 {
+    let alpha = evidence.successes + 1.0;
+    let beta = (evidence.outcomes - evidence.successes).max(0.0) + 1.0;
     match Beta::new(alpha, beta) {
         Ok(distribution) => distribution.sample(rng),
         Err(_) => alpha / (alpha + beta),
@@ -63,18 +63,17 @@ pub fn chance(share: f64, rng: &mut impl rand::Rng) -> bool {
 mod tests {
     use super::*;
 
-    fn counts(successes: u64, total: u64) -> Counts {
-        Counts {
-            total,
-            successes,
-            faults: 0,
+    fn counts(successes: u64, total: u64) -> Estimate {
+        Estimate {
+            outcomes: total as f64,
+            successes: successes as f64,
         }
     }
 
     #[test]
     fn explores_when_unsure_and_exploits_when_sure() {
         let mut rng = rand::rng();
-        let wins = |a: Counts, b: Counts, rng: &mut rand::rngs::ThreadRng| {
+        let wins = |a: Estimate, b: Estimate, rng: &mut rand::rngs::ThreadRng| {
             (0..10_000)
                 .filter(|_| sample_success(&a, rng) > sample_success(&b, rng))
                 .count()

@@ -24,7 +24,7 @@ pub use budget::RetryBudget;
 pub use clock::Clock;
 pub use health::{Cause, State};
 pub use rules::RuleIndex;
-pub use score::{ChannelScore, Counts, Observation, segment_key};
+pub use score::{ChannelScore, Counts, Detector, Estimate, Observation, segment_key};
 
 use crate::config::{ChannelId, Config, Strategy};
 use crate::store::{Outcome, PaymentStatus};
@@ -78,9 +78,13 @@ pub struct Candidate {
     pub channel: ChannelId,
     pub standing: Standing,
     pub state: State,
-    /// Window counts used for the success estimate.
+    /// Window counts (the last 30 s), for operators and the panic rule.
     pub counts: Counts,
-    /// Whether `counts` are the segment's (method x currency) or the channel's.
+    /// The success evidence Thompson sampling draws from (memory counted in payments).
+    pub evidence: Estimate,
+    /// Its change detector: the recent outcomes and how often they dropped a stale history.
+    pub detector: Detector,
+    /// Whether `counts` and `evidence` are the segment's (method x currency) or the channel's.
     pub from_segment: bool,
     pub success_rate: f64,
     /// Mean latency (what the score penalises) and the peak-EWMA estimate.
@@ -225,7 +229,7 @@ pub fn decide(
         let channel = &config.channels[id];
         let score = &scores[id];
         let state = score.health.state(now_ms);
-        let (counts, from_segment) = score.success(now_ms, segment, settings.min_segment_samples);
+        let success = score.success(now_ms, segment, settings.min_segment_samples);
         let standing = if !channel.accepts(payment) {
             Standing::Ineligible
         } else if score.is_drained() {
@@ -247,9 +251,11 @@ pub fn decide(
             channel: id,
             standing,
             state,
-            counts,
-            from_segment,
-            success_rate: counts.smoothed_rate(),
+            counts: success.counts,
+            evidence: success.evidence,
+            detector: success.detector,
+            from_segment: success.from_segment,
+            success_rate: success.evidence.rate(),
             latency_ms: score.latency_ms(),
             latency_peak_ms: score.latency_peak_ms(),
             fee: channel.fee.of(payment.amount),
@@ -336,7 +342,7 @@ fn adaptive_order(
             settings.latency_penalty_per_second,
             settings.fee_penalty,
         );
-        let sample = adaptive::sample_success(&candidate.counts, rng);
+        let sample = adaptive::sample_success(&candidate.evidence, rng);
         candidate.sample = Some(sample);
         candidate.score = Some(sample - penalty);
         ranked.push((sample - penalty, candidate.channel));

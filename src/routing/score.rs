@@ -1,5 +1,6 @@
 //! Live figures of one channel: success over a sliding window, overall and per segment
-//! (payment method x currency), a peak-sensitive latency average, and its ejection state.
+//! (payment method x currency), the success evidence routing decides on (its memory counted
+//! in payments, see [`Evidence`]), a peak-sensitive latency average, and its ejection state.
 //!
 //! Recording is lock-free (atomic rings, a sharded map of segments), so every request can
 //! update a channel without a lock shared with other requests. Scores are kept by channel
@@ -31,6 +32,21 @@ const MIN_SAMPLE_WEIGHT: f64 = 0.001;
 const DEFAULT_LATENCY_MS: f64 = 30.0;
 /// Segments kept per channel; beyond this, new segments use the channel's figure only.
 const MAX_SEGMENTS: usize = 1_024;
+/// How many outcomes the success evidence remembers: each new outcome discounts the earlier
+/// ones by 1 - 1/EVIDENCE_MEMORY, whatever the traffic rate. Long, so that the posterior of
+/// two close channels (92% and 88%) is narrow and steady exploration cheap; an abrupt change
+/// is caught by the short memory below instead (figures in benches/SIMULATE.md).
+pub const EVIDENCE_MEMORY: f64 = 1_000.0;
+/// The change detector's memory: about the last 100 outcomes.
+pub const RECENT_MEMORY: f64 = 100.0;
+/// How far (in standard errors of the recent estimate) the recent outcomes must sit from the
+/// long evidence before the long history is judged stale and dropped: 4 makes a false alarm
+/// rare (the long evidence then merely restarts from the last ~100 outcomes), while a
+/// 95% -> 30% collapse passes it after a few dozen outcomes.
+const CHANGE_THRESHOLD: f64 = 4.0;
+/// The evidence also fades with time (this time constant), so that a channel that lost its
+/// traffic returns to a wide posterior and is probed again, as the 30 s window did.
+const EVIDENCE_HORIZON_MS: f64 = 30_000.0;
 
 /// What a call to a channel taught about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +103,140 @@ impl Counts {
     }
 }
 
+/// The success evidence at one moment: outcomes remembered (fractional: older ones weigh
+/// less) and how many of them were approvals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    pub outcomes: f64,
+    pub successes: f64,
+}
+
+impl Estimate {
+    /// The estimate with one imagined success and one failure, as [`Counts::smoothed_rate`].
+    pub fn rate(&self) -> f64 {
+        (self.successes + 1.0) / (self.outcomes + 2.0)
+    }
+}
+
+/// Exponentially forgetting success counts with a change detector: a long memory
+/// ([`EVIDENCE_MEMORY`] outcomes) that routing draws from, a short one ([`RECENT_MEMORY`]),
+/// both bounded in time ([`EVIDENCE_HORIZON_MS`]). When the short one no longer fits the long
+/// one ([`CHANGE_THRESHOLD`] standard errors), the long history is stale: it is replaced by
+/// the recent outcomes, so a collapse is acted on within about a hundred payments at any
+/// traffic rate. Each estimate is two f32 in one atomic word, updated by compare-and-swap, so
+/// recording takes no lock.
+#[derive(Default)]
+pub struct Evidence {
+    long: AtomicU64,
+    recent: AtomicU64,
+    at_ms: AtomicU64,
+    /// Times the long history was dropped as stale.
+    changes: AtomicU64,
+}
+
+fn pack(estimate: Estimate) -> u64 {
+    (u64::from((estimate.outcomes as f32).to_bits()) << 32)
+        | u64::from((estimate.successes as f32).to_bits())
+}
+
+fn unpack(bits: u64) -> Estimate {
+    Estimate {
+        outcomes: f64::from(f32::from_bits((bits >> 32) as u32)),
+        successes: f64::from(f32::from_bits(bits as u32)),
+    }
+}
+
+fn time_fade(elapsed_ms: u64) -> f64 {
+    (-(elapsed_ms as f64) / EVIDENCE_HORIZON_MS).exp()
+}
+
+/// Folds one outcome into `cell`, after fading what it held by `fade`; the new estimate.
+fn fold(cell: &AtomicU64, fade: f64, success: bool) -> Estimate {
+    let update = |old: Estimate| Estimate {
+        outcomes: old.outcomes * fade + 1.0,
+        successes: old.successes * fade + f64::from(u8::from(success)),
+    };
+    match cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+        Some(pack(update(unpack(bits))))
+    }) {
+        Ok(bits) | Err(bits) => update(unpack(bits)),
+    }
+}
+
+/// Whether `recent` no longer fits `long`: its rate sits more than [`CHANGE_THRESHOLD`]
+/// standard errors (of a rate over `recent.outcomes` outcomes at the long rate) away.
+fn changed(long: Estimate, recent: Estimate) -> bool {
+    if recent.outcomes < RECENT_MEMORY / 4.0 || long.outcomes <= recent.outcomes {
+        return false;
+    }
+    let expected = long.rate();
+    let error = (expected * (1.0 - expected) / recent.outcomes).sqrt();
+    (recent.rate() - expected).abs() > CHANGE_THRESHOLD * error
+}
+
+impl Evidence {
+    pub fn observe(&self, now_ms: u64, success: bool) {
+        let last = self.at_ms.swap(now_ms, Ordering::AcqRel);
+        let time = time_fade(now_ms.saturating_sub(last));
+        let long = fold(&self.long, time * (1.0 - 1.0 / EVIDENCE_MEMORY), success);
+        let recent = fold(&self.recent, time * (1.0 - 1.0 / RECENT_MEMORY), success);
+        if changed(long, recent) {
+            self.long.store(pack(recent), Ordering::Release);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The long evidence, faded to `now_ms`.
+    pub fn read(&self, now_ms: u64) -> Estimate {
+        self.faded(&self.long, now_ms)
+    }
+
+    fn faded(&self, cell: &AtomicU64, now_ms: u64) -> Estimate {
+        let estimate = unpack(cell.load(Ordering::Acquire));
+        let fade = time_fade(now_ms.saturating_sub(self.at_ms.load(Ordering::Acquire)));
+        Estimate {
+            outcomes: estimate.outcomes * fade,
+            successes: estimate.successes * fade,
+        }
+    }
+
+    /// The change detector's state, for `/admin/explain`.
+    pub fn detector(&self, now_ms: u64) -> Detector {
+        Detector {
+            recent: self.faded(&self.recent, now_ms),
+            changes: self.changes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the change detector sees: the last ~[`RECENT_MEMORY`] outcomes, and how often they
+/// have contradicted the long evidence so far (each time, the long history was dropped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Detector {
+    pub recent: Estimate,
+    pub changes: u64,
+}
+
+/// One segment's figures.
+#[derive(Default)]
+struct Segment {
+    window: Ring<WINDOW_SECS>,
+    evidence: Evidence,
+}
+
+/// What the router reads of a channel for one payment.
+#[derive(Debug, Clone, Copy)]
+pub struct Success {
+    /// Window counts (the last 30 s).
+    pub counts: Counts,
+    /// The evidence Thompson sampling draws from.
+    pub evidence: Estimate,
+    /// Its change detector.
+    pub detector: Detector,
+    /// Whether both are the segment's (method x currency) or the channel's.
+    pub from_segment: bool,
+}
+
 /// The key of a segment: a hash of method and currency (a collision merely merges two
 /// segments' figures).
 pub fn segment_key(method: &str, currency: &str) -> u64 {
@@ -99,7 +249,8 @@ pub fn segment_key(method: &str, currency: &str) -> u64 {
 #[derive(Default)]
 pub struct ChannelScore {
     overall: Ring<WINDOW_SECS>,
-    segments: DashMap<u64, Arc<Ring<WINDOW_SECS>>>,
+    evidence: Evidence,
+    segments: DashMap<u64, Arc<Segment>>,
     /// f64 bits of the time-weighted mean latency in ms; 0: never measured. Routing uses
     /// this: with heavy-tailed PSP latencies the peak is noise.
     latency_mean_ms: AtomicU64,
@@ -132,8 +283,11 @@ impl ChannelScore {
             Observation::Fault => [1, 0, 1],
         };
         self.overall.add(now_ms, counts);
-        if let Some(ring) = self.segment(segment) {
-            ring.add(now_ms, counts);
+        let success = observation == Observation::Success;
+        self.evidence.observe(now_ms, success);
+        if let Some(segment) = self.segment(segment) {
+            segment.window.add(now_ms, counts);
+            segment.evidence.observe(now_ms, success);
         }
         if let Some(latency) = latency {
             self.record_latency(now_ms, latency);
@@ -147,7 +301,7 @@ impl ChannelScore {
         }
     }
 
-    fn segment(&self, key: u64) -> Option<Arc<Ring<WINDOW_SECS>>> {
+    fn segment(&self, key: u64) -> Option<Arc<Segment>> {
         if let Some(ring) = self.segments.get(&key) {
             return Some(ring.clone());
         }
@@ -161,16 +315,31 @@ impl ChannelScore {
         Counts::from_sums(self.overall.sum(now_ms))
     }
 
-    /// The segment's counts when it has at least `min_samples`, else the channel's; the flag
-    /// says which.
-    pub fn success(&self, now_ms: u64, segment: u64, min_samples: u64) -> (Counts, bool) {
-        if let Some(ring) = self.segments.get(&segment) {
-            let counts = Counts::from_sums(ring.sum(now_ms));
+    /// The channel's success evidence as a whole.
+    pub fn evidence(&self, now_ms: u64) -> Estimate {
+        self.evidence.read(now_ms)
+    }
+
+    /// The segment's figures when its window has at least `min_samples`, else the
+    /// channel's.
+    pub fn success(&self, now_ms: u64, segment: u64, min_samples: u64) -> Success {
+        if let Some(segment) = self.segments.get(&segment) {
+            let counts = Counts::from_sums(segment.window.sum(now_ms));
             if counts.total >= min_samples {
-                return (counts, true);
+                return Success {
+                    counts,
+                    evidence: segment.evidence.read(now_ms),
+                    detector: segment.evidence.detector(now_ms),
+                    from_segment: true,
+                };
             }
         }
-        (self.overall(now_ms), false)
+        Success {
+            counts: self.overall(now_ms),
+            evidence: self.evidence(now_ms),
+            detector: self.evidence.detector(now_ms),
+            from_segment: false,
+        }
     }
 
     /// Folds in one latency: into the mean with the weight the elapsed time gives (at least
@@ -263,8 +432,9 @@ mod tests {
         for _ in 0..5 {
             score.observe(0, usd, Observation::Decline, None, &e);
         }
+        let success = score.success(0, eur, 20);
         assert_eq!(
-            score.success(0, eur, 20),
+            (success.counts, success.from_segment),
             (
                 Counts {
                     total: 30,
@@ -274,9 +444,39 @@ mod tests {
                 true
             )
         );
-        let (counts, from_segment) = score.success(0, usd, 20);
-        assert!(!from_segment);
-        assert_eq!(counts.total, 35);
+        assert!((success.evidence.successes - success.evidence.outcomes).abs() < 1e-3);
+        let success = score.success(0, usd, 20);
+        assert!(!success.from_segment);
+        assert_eq!(success.counts.total, 35);
+    }
+
+    #[test]
+    fn evidence_is_counted_in_outcomes_and_fades_with_time() {
+        let evidence = Evidence::default();
+        // A long good run, then an abrupt collapse: the estimate follows within ~100
+        // outcomes, whatever the rate (here all in one millisecond).
+        for _ in 0..10_000 {
+            evidence.observe(1_000, true);
+        }
+        let before = evidence.read(1_000);
+        assert!(
+            (before.outcomes - EVIDENCE_MEMORY).abs() < 5.0,
+            "{before:?}"
+        );
+        assert!(before.rate() > 0.99);
+        assert_eq!(evidence.detector(1_000).changes, 0);
+        for n in 0..100 {
+            evidence.observe(1_000, n % 10 < 3);
+        }
+        let after = evidence.read(1_000);
+        assert!(after.rate() < 0.75, "{after:?}");
+        assert!(
+            evidence.detector(1_000).changes >= 1,
+            "the collapse was detected"
+        );
+        // Without traffic it fades toward the prior, so the channel is probed again.
+        let later = evidence.read(1_000 + 90_000);
+        assert!(later.outcomes < 0.06 * EVIDENCE_MEMORY, "{later:?}");
     }
 
     #[test]
