@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_paygate");
-const STRATEGIES: [&str; 4] = ["adaptive", "round_robin", "priority", "oracle"];
+const STRATEGIES: [&str; 6] = [
+    "adaptive",
+    "round_robin",
+    "priority",
+    "oracle",
+    "hyperswitch",
+    "decision_engine",
+];
 
 fn scenarios() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/scenarios")
@@ -132,4 +139,23 @@ fn a_missing_channel_a_missing_file_and_an_endless_run_are_refused() {
     let (code, _, stderr) = simulate(&missing, &[]);
     assert_eq!(code, 1);
     assert!(stderr.contains("no-such-scenario.toml"), "{stderr}");
+}
+
+#[test]
+fn after_an_abrupt_drop_adaptive_beats_the_learned_baselines() {
+    let drop = scenarios().join("abrupt-drop.toml");
+    let (code, stdout, stderr) = simulate(&drop, &["--requests", "60000"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rate = |strategy: &str| {
+        success_rate(&stdout, strategy)
+            .unwrap_or_else(|| panic!("no row for {strategy}:\n{stdout}"))
+    };
+    let adaptive = rate("adaptive");
+    for baseline in ["hyperswitch", "decision_engine", "round_robin"] {
+        assert!(
+            adaptive > rate(baseline),
+            "adaptive vs {baseline}:\n{stdout}"
+        );
+    }
+    assert!(rate("oracle") - adaptive < 0.5, "{stdout}");
 }

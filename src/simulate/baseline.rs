@@ -1,10 +1,20 @@
-//! The strategies the real router is measured against, as plain ordering functions: round
-//! robin, static priority, and an oracle that knows each channel's true chance of approving a
-//! payment at this moment.
+//! The strategies the real router is measured against: round robin, static priority, an
+//! oracle that knows each channel's true chance of approving a payment at this moment, and two
+//! learned success-rate routers built from their published descriptions
+//! (`shared/ROUTING-NOTES.md`): Hyperswitch-style (buckets of 5 payments, 8 buckets kept, a
+//! score only once 5 buckets exist, 20% of traffic explores) and decision-engine-style (the
+//! last 50 transactions per channel, 5% hedging). Both keep their figures per segment
+//! (method x currency) and channel, as those routers do.
 //!
 //! They share the router's notion of eligibility (the first matching rule, then the channels
-//! of it that accept the payment) and nothing else: no scores, no ejection. Must not touch the
-//! live routing state, so that a baseline run can never change what the real router learns.
+//! of it that accept the payment) and nothing else: no ejection, no latency or fee penalty.
+//! Must not touch the live routing state, so that a baseline run can never change what the
+//! real router learns.
+
+use std::collections::{HashMap, VecDeque};
+
+use rand::RngExt;
+use rand::seq::SliceRandom;
 
 use crate::config::{ChannelId, Config};
 use crate::routing::{PaymentFacts, RoutingError};
@@ -55,10 +65,123 @@ pub fn oracle(mut eligible: Vec<ChannelId>, truth: impl Fn(ChannelId) -> f64) ->
     eligible
 }
 
+/// How a learned baseline keeps and reads its outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learner {
+    /// Hyperswitch's defaults: buckets of 5 payments, 8 kept, a score once 5 exist, 20%
+    /// exploration.
+    Hyperswitch,
+    /// decision-engine's defaults: the last 50 transactions, 5% hedging.
+    DecisionEngine,
+}
+
+impl Learner {
+    fn memory(self) -> usize {
+        match self {
+            Self::Hyperswitch => 8 * 5,
+            Self::DecisionEngine => 50,
+        }
+    }
+
+    fn explore_share(self) -> f64 {
+        match self {
+            Self::Hyperswitch => 0.20,
+            Self::DecisionEngine => 0.05,
+        }
+    }
+
+    /// Outcomes needed before a score counts (Hyperswitch: 5 whole buckets).
+    fn min_outcomes(self) -> usize {
+        match self {
+            Self::Hyperswitch => 5 * 5,
+            Self::DecisionEngine => 1,
+        }
+    }
+}
+
+/// A learned success-rate router's memory: the last outcomes of each (segment, channel).
+pub struct SuccessRouter {
+    learner: Learner,
+    outcomes: HashMap<(u64, ChannelId), VecDeque<bool>>,
+}
+
+impl SuccessRouter {
+    pub fn new(learner: Learner) -> Self {
+        Self {
+            learner,
+            outcomes: HashMap::new(),
+        }
+    }
+
+    /// An answer: approved or not (faults and declines alike, as those routers count them).
+    pub fn observe(&mut self, segment: u64, channel: ChannelId, approved: bool) {
+        let memory = self.learner.memory();
+        let kept = self.outcomes.entry((segment, channel)).or_default();
+        if kept.len() == memory {
+            kept.pop_front();
+        }
+        kept.push_back(approved);
+    }
+
+    fn score(&self, segment: u64, channel: ChannelId) -> Option<f64> {
+        let kept = self.outcomes.get(&(segment, channel))?;
+        if kept.len() < self.learner.min_outcomes() {
+            return None;
+        }
+        Some(kept.iter().filter(|a| **a).count() as f64 / kept.len() as f64)
+    }
+
+    /// The explore share in random order; otherwise scored channels by score (the rest after,
+    /// in rule order: they are learned through exploration).
+    pub fn order(
+        &self,
+        segment: u64,
+        mut eligible: Vec<ChannelId>,
+        rng: &mut impl rand::Rng,
+    ) -> Vec<ChannelId> {
+        if rng.random::<f64>() < self.learner.explore_share() {
+            eligible.shuffle(rng);
+            return eligible;
+        }
+        let score = |id: ChannelId| self.score(segment, id).unwrap_or(-1.0);
+        eligible.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+        eligible
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
     use std::path::Path;
+
+    #[test]
+    fn learned_baselines_follow_their_windows_and_explore_their_share() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut router = SuccessRouter::new(Learner::DecisionEngine);
+        for n in 0..100 {
+            router.observe(7, 0, n % 10 < 9);
+            router.observe(7, 1, n % 10 < 5);
+        }
+        let firsts = (0..10_000)
+            .filter(|_| router.order(7, vec![1, 0], &mut rng)[0] == 0)
+            .count();
+        // 95% exploit (channel 0), half of the 5% hedging lands on it too.
+        assert!((9_600..=9_900).contains(&firsts), "{firsts}");
+        // Only the last 50 count: channel 0 collapses, 50 outcomes later it is behind.
+        for _ in 0..50 {
+            router.observe(7, 0, false);
+        }
+        assert_eq!(router.score(7, 0), Some(0.0));
+        // Hyperswitch needs 5 buckets (25 outcomes) before a score counts.
+        let mut hyperswitch = SuccessRouter::new(Learner::Hyperswitch);
+        for _ in 0..24 {
+            hyperswitch.observe(1, 2, true);
+        }
+        assert_eq!(hyperswitch.score(1, 2), None);
+        hyperswitch.observe(1, 2, true);
+        assert_eq!(hyperswitch.score(1, 2), Some(1.0));
+    }
 
     #[test]
     fn round_robin_rotates() {

@@ -48,14 +48,20 @@ pub enum Strategy {
     Priority,
     /// Knows each channel's true chance of approval at every moment.
     Oracle,
+    /// Hyperswitch-style success-rate routing (see `baseline`).
+    Hyperswitch,
+    /// decision-engine-style success-rate routing (see `baseline`).
+    DecisionEngine,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Adaptive,
         Strategy::RoundRobin,
         Strategy::Priority,
         Strategy::Oracle,
+        Strategy::Hyperswitch,
+        Strategy::DecisionEngine,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +70,16 @@ impl Strategy {
             Self::RoundRobin => "round_robin",
             Self::Priority => "priority",
             Self::Oracle => "oracle",
+            Self::Hyperswitch => "hyperswitch",
+            Self::DecisionEngine => "decision_engine",
+        }
+    }
+
+    fn learner(self) -> Option<baseline::Learner> {
+        match self {
+            Self::Hyperswitch => Some(baseline::Learner::Hyperswitch),
+            Self::DecisionEngine => Some(baseline::Learner::DecisionEngine),
+            _ => None,
         }
     }
 }
@@ -366,6 +382,8 @@ struct Run<'w, 'a> {
     rng: StdRng,
     /// Round robin's next turn, by rule.
     turns: Vec<u64>,
+    /// The learned baselines' memory.
+    learned: Option<baseline::SuccessRouter>,
     answers: BinaryHeap<Reverse<Answer>>,
     seq: u64,
     next_sweep_ms: u64,
@@ -383,6 +401,7 @@ impl<'w, 'a> Run<'w, 'a> {
             scores,
             rng: StdRng::seed_from_u64(world.seed),
             turns: vec![0; world.config.rules.len()],
+            learned: strategy.learner().map(baseline::SuccessRouter::new),
             answers: BinaryHeap::new(),
             seq: 0,
             next_sweep_ms: 1_000,
@@ -478,6 +497,14 @@ impl<'w, 'a> Run<'w, 'a> {
                     baseline::oracle(eligible, |id| models[id].at(at_us).effective_success())
                 })
             }
+            Strategy::Hyperswitch | Strategy::DecisionEngine => {
+                let (_, eligible) = baseline::eligible(config, facts)?;
+                let segment = routing::segment_key(facts.method, facts.currency);
+                Ok(match &self.learned {
+                    Some(learned) => learned.order(segment, eligible, &mut self.rng),
+                    None => eligible,
+                })
+            }
         }
     }
 
@@ -530,6 +557,11 @@ impl<'w, 'a> Run<'w, 'a> {
         } = answer;
         if self.strategy == Strategy::Adaptive {
             self.observe(channel, payment.segment, outcome, latency);
+        }
+        if let Some(learned) = &mut self.learned
+            && outcome != Outcome::Pending
+        {
+            learned.observe(payment.segment, channel, outcome == Outcome::Succeeded);
         }
         // The simulated PSPs decline with codes no channel lists as retryable.
         match routing::verdict(outcome, false) {

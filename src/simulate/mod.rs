@@ -13,7 +13,7 @@
 //!
 //! Layout: `scenario` (the scenario file and each channel's conditions over time), `engine`
 //! (the event loop and the tallies), `baseline` (the comparison strategies), `report` (tables
-//! and bars). The four strategies run on their own threads, each with its own router, budget
+//! and bars). The six strategies run on their own threads, each with its own router, budget
 //! and clock. Must not open sockets, read the wall clock for routing, or touch a gateway's
 //! live state.
 
@@ -61,7 +61,7 @@ pub enum Format {
 }
 
 /// Longest run in virtual time: traffic is counted per second, and 11.6 days keeps those
-/// counters under 50 MB for four strategies of three channels.
+/// counters under 75 MB for six strategies of three channels (50 MB for four).
 const MAX_VIRTUAL_SECS: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
