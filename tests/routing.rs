@@ -289,3 +289,58 @@ async fn refused_connections_fail_over_and_never_charge_twice() {
         "some connections must have been refused and failed over"
     );
 }
+
+#[tokio::test]
+async fn traffic_leaves_a_channel_whose_approvals_collapse_within_a_few_hundred_payments() {
+    // psp_a approves 95% until 3 s after it starts, then 30% (declines: ejection never fires).
+    let dir = scratch_dir();
+    let schedule = dir.join("collapse.toml");
+    std::fs::write(
+        &schedule,
+        "[[phase]]\nat_secs = 0\nbehavior = { success_rate = 0.95 }\n\n[[phase]]\nat_secs = 3\nbehavior = { success_rate = 0.30 }\n",
+    )
+    .unwrap();
+    let a = Process::mock_psp(&["--name", "a", "--schedule", &schedule.to_string_lossy()]).await;
+    let collapse_at = Instant::now() + Duration::from_secs(3);
+    let b = Process::mock_psp(&["--name", "b", "--success-rate", "0.80"]).await;
+    let c = Process::mock_psp(&["--name", "c", "--success-rate", "0.60"]).await;
+    let config = routes(
+        &(channel("a", &a, "") + &channel("b", &b, "") + &channel("c", &c, "")),
+        "[[rules]]\nname = \"all\"\nchannels = [\"a\", \"b\", \"c\"]\nstrategy = \"adaptive\"\n",
+        "",
+    );
+    let gateway = std::sync::Arc::new(Process::gateway(&config).await);
+    // Eight merchants' workers until 1,500 payments have gone out after the collapse (or 20 s).
+    let after = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (gateway, after) = (gateway.clone(), after.clone());
+        workers.spawn(async move {
+            while Instant::now() < deadline && after.lock().unwrap().len() < 1_500 {
+                let sent = Instant::now();
+                let answer = pay(&gateway, &card_payment(100 + worker, "EUR")).await;
+                assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.json);
+                if sent > collapse_at {
+                    let channel = answer.json["channel"].as_str().unwrap_or("").to_string();
+                    after.lock().unwrap().push(channel);
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let after = after.lock().unwrap().clone();
+    assert!(after.len() >= 600, "too little traffic: {}", after.len());
+    let share_of_a = |payments: &[String]| {
+        payments.iter().filter(|c| *c == "a").count() as f64 / payments.len() as f64
+    };
+    // Past the first 300 payments after the collapse, most traffic has moved.
+    let later = &after[300..];
+    assert!(
+        share_of_a(later) < 0.2,
+        "psp_a kept {:.0}% of {} payments after the first 300 (first 300: {:.0}%)",
+        100.0 * share_of_a(later),
+        later.len(),
+        100.0 * share_of_a(&after[..300])
+    );
+}
