@@ -1,8 +1,9 @@
-//! The `adaptive` strategy: Thompson sampling over each channel's windowed success counts,
-//! less a latency and a fee penalty.
+//! The `adaptive` strategy: Thompson sampling over each channel's success evidence (memory
+//! counted in payments, with a change detector: `score::Evidence`), less a latency and a fee
+//! penalty.
 //!
-//! For each eligible channel c, with s successes out of n calls in the window (its segment's
-//! counts when the segment has enough of them, else the channel's):
+//! For each eligible channel c, with evidence of s approvals out of n outcomes (its segment's
+//! when the segment has enough calls, else the channel's):
 //!
 //! ```text
 //! score(c) = θ(c) − latency_penalty_per_second × min(latency_s(c), 2) − fee_penalty × fee(c) / amount
@@ -16,7 +17,7 @@
 //! close together, or one with few recent calls, share traffic until the data separates them.
 //! A fixed share pays for exploration forever (3.3 points in the figures of
 //! ROUTING-NOTES.md); UCB's bonus needs tuning to the volume, Thompson's posterior scales
-//! with it. Because the window forgets after 30 s, a channel that lost traffic returns to a
+//! with it. Because the evidence fades with time too, a channel that lost traffic returns to a
 //! wide posterior and is probed again, so a recovered PSP wins its traffic back.
 
 use rand::RngExt;
