@@ -214,6 +214,11 @@ impl ChannelClient {
             }
             Err((outcome, reason)) => exchange(outcome, None, None, latency, Some(reason)),
         };
+        // A resend's refusal (connection refused, 503) says nothing of the first send, which
+        // the PSP may have read: never a reason to try another channel.
+        if resent && exchange.outcome == Outcome::Unavailable {
+            exchange.outcome = Outcome::Error;
+        }
         exchange.resent = resent;
         exchange
     }
