@@ -34,6 +34,15 @@ pub struct Snapshot {
     pub metrics: ConfigMetrics,
 }
 
+impl Snapshot {
+    /// The client of the channel called `name`, if this config has it.
+    pub fn client(&self, name: &str) -> Option<&crate::upstream::ChannelClient> {
+        self.config
+            .channel_by_name(name)
+            .and_then(|c| self.upstreams.channel(c.id))
+    }
+}
+
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     /// Live scores, ejection state and the retry budget, kept across snapshots.

@@ -195,11 +195,7 @@ async fn reconcile_operation(gateway: Arc<Gateway>, payment: Payment, operation_
         return;
     };
     let snapshot = gateway.snapshot();
-    let Some(client) = snapshot
-        .config
-        .channel_by_name(&op.channel)
-        .and_then(|c| snapshot.upstreams.channel(c.id))
-    else {
+    let Some(client) = snapshot.client(&op.channel) else {
         tracing::warn!(payment = %payment.id, operation = %op.id, channel = %op.channel, "operation pending on a channel no longer configured");
         return;
     };
@@ -266,11 +262,7 @@ fn never_sent(gateway: &Gateway, age: Duration) -> Finding {
 
 async fn query(gateway: &Gateway, payment: &Payment, channel: &str) -> Finding {
     let snapshot = gateway.snapshot();
-    let Some(client) = snapshot
-        .config
-        .channel_by_name(channel)
-        .and_then(|c| snapshot.upstreams.channel(c.id))
-    else {
+    let Some(client) = snapshot.client(channel) else {
         tracing::warn!(payment = %payment.id, %channel, "pending on a channel no longer configured");
         return Finding::NotYet;
     };

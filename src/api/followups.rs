@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{ApiError, Scope};
 use crate::layers::HttpResponse;
-use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus, now_ms};
+use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus};
 use crate::upstream::{Call, CallContext};
 
 #[derive(Serialize)]
@@ -49,13 +49,12 @@ pub async fn follow_up(
         FollowUpKind::Capture => format!("cap_{}", ulid::Ulid::generate()),
         FollowUpKind::Refund => format!("ref_{}", ulid::Ulid::generate()),
     };
-    let remaining = scope.deadline.saturating_duration_since(Instant::now());
     let in_doubt_until = |channel: &str| {
         let timeout = snapshot
             .config
             .channel_by_name(channel)
-            .map_or(remaining, |c| c.timeout.min(remaining));
-        now_ms() + timeout.as_millis() as u64 + super::payments::IN_FLIGHT_MARGIN_MS
+            .map_or(std::time::Duration::MAX, |c| c.timeout);
+        super::in_doubt_until(scope, timeout)
     };
     let mut reserved = Err(ApiError::NotFound(format!("no payment {id}")));
     store.update(id, &mut |payment| {
@@ -73,8 +72,8 @@ pub async fn follow_up(
         let settings = &snapshot.config.idempotency;
         scope.gateway.idempotency.bind(key, &target, settings);
     }
-    let until = Instant::now() + super::payments::INTENT_WAIT;
-    if let Err(error) = super::payments::wait_durable(scope, id, until).await {
+    let until = Instant::now() + super::INTENT_WAIT;
+    if let Err(error) = super::wait_durable(scope, id, until).await {
         tracing::error!(request_id = %scope.request_id, payment = %id, operation = %operation_id, %error, "intent not recorded: the operation is not sent");
         store.update(id, &mut |payment| {
             if let Some(op) = payment
@@ -91,10 +90,7 @@ pub async fn follow_up(
             kind_name(kind)
         )));
     }
-    let client = snapshot
-        .config
-        .channel_by_name(&reservation.channel)
-        .and_then(|c| snapshot.upstreams.channel(c.id));
+    let client = snapshot.client(&reservation.channel);
     let exchange = match client {
         Some(client) => {
             let call = operation_call(kind, &reservation.psp_reference, reservation.amount);
@@ -143,7 +139,7 @@ pub async fn follow_up(
     // The intent is on disk, so an outcome that cannot be committed in time is still the
     // truth to answer (a crash leaves the operation pending, and reconciliation settles it).
     if let Err(error) =
-        super::payments::wait_durable(scope, id, super::journal_wait_until(scope.deadline)).await
+        super::wait_durable(scope, id, super::journal_wait_until(scope.deadline)).await
     {
         tracing::error!(request_id = %scope.request_id, payment = %id, operation = %record.id, %error, "outcome not yet journaled when answering; the intent is");
     }

@@ -12,7 +12,7 @@ mod payments;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -26,7 +26,7 @@ use crate::gateway::Gateway;
 use crate::layers::{
     AuthenticatedMerchant, Deadline, HttpResponse, KeyScope, RequestId, ResponseFuture,
 };
-use crate::store::FollowUpKind;
+use crate::store::{FollowUpKind, StoreError, now_ms};
 
 /// The merchant API as a tower service, behind the layers.
 #[derive(Clone)]
@@ -158,9 +158,33 @@ pub fn current_answer(
     })
 }
 
+/// How long the write-ahead intent may take to commit before the payment is given up unsent.
+const INTENT_WAIT: Duration = Duration::from_secs(1);
+/// Time for a request to reach the PSP after its own timeout ran out on paygate's side.
+const IN_FLIGHT_MARGIN_MS: u64 = 500;
+
+/// Until when a call about to be recorded may still be on its way to the PSP: the intent's
+/// commit wait, then the call's own timeout (at most what is left of the request's), then a
+/// margin. Reconciliation asks no sooner, so "never received" cannot race the request.
+fn in_doubt_until(scope: &Scope, channel_timeout: Duration) -> u64 {
+    let remaining = scope.deadline.saturating_duration_since(Instant::now());
+    let call = remaining.min(channel_timeout) + INTENT_WAIT;
+    now_ms() + call.as_millis() as u64 + IN_FLIGHT_MARGIN_MS
+}
+
+/// Waits, until `until` at most, for everything recorded for `id` to be as durable as the
+/// store promises.
+async fn wait_durable(scope: &Scope, id: &str, until: Instant) -> Result<(), StoreError> {
+    let durable = scope.gateway.store.durable(id);
+    match tokio::time::timeout_at(until.into(), durable).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable("is not writing".into())),
+    }
+}
+
 /// How long an answer may wait for the journal: the request's deadline bounds the calls to
 /// PSPs, but an outcome already known deserves a moment more to be recorded.
-const JOURNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const JOURNAL_GRACE: Duration = Duration::from_secs(2);
 
 fn journal_wait_until(deadline: Instant) -> Instant {
     deadline.max(Instant::now() + JOURNAL_GRACE)

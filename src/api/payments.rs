@@ -258,17 +258,12 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
     // crash the payment is reconciled on its recorded channel, and the key finds it.
     if attempted.is_some()
         && let Err(error) =
-            wait_durable(scope, &id, super::journal_wait_until(scope.deadline)).await
+            super::wait_durable(scope, &id, super::journal_wait_until(scope.deadline)).await
     {
         tracing::error!(request_id = %scope.request_id, payment = %id, %error, "outcome not yet journaled when answering; the intent is");
     }
     answer
 }
-
-/// How long the write-ahead intent may take to commit before the payment is given up unsent.
-pub(super) const INTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-/// Time for a request to reach the PSP after its own timeout ran out on paygate's side.
-pub(super) const IN_FLIGHT_MARGIN_MS: u64 = 500;
 
 /// The write-ahead intent: the journal holds the payment, the channel it is about to go to
 /// and the merchant's key (bound before) before the first byte is sent. Failing that (disk
@@ -278,25 +273,12 @@ async fn record_intent(
     id: &str,
     channel: &crate::config::Channel,
 ) -> Result<(), StoreError> {
-    let remaining = scope.deadline.saturating_duration_since(Instant::now());
-    let until = now_ms() + remaining.min(channel.timeout).as_millis() as u64 + IN_FLIGHT_MARGIN_MS;
+    let until = super::in_doubt_until(scope, channel.timeout);
     scope.gateway.store.update(id, &mut |p| {
         p.channel = Some(channel.name.clone());
         p.in_doubt_until_ms = Some(until);
     });
-    wait_durable(scope, id, Instant::now() + INTENT_WAIT).await
-}
-
-pub(super) async fn wait_durable(
-    scope: &Scope,
-    id: &str,
-    until: Instant,
-) -> Result<(), StoreError> {
-    let durable = scope.gateway.store.durable(id);
-    match tokio::time::timeout_at(until.into(), durable).await {
-        Ok(result) => result,
-        Err(_) => Err(StoreError::Unavailable("is not writing".into())),
-    }
+    super::wait_durable(scope, id, Instant::now() + super::INTENT_WAIT).await
 }
 
 /// The one log line per payment, and `paygate_payments_total` for its final state.
@@ -451,7 +433,7 @@ impl NewPayment {
             Some("false") => false,
             Some(_) => return Err(invalid("capture must be true or false")),
         };
-        let card_number = card_number(body)?;
+        let (card_number, card) = card(body)?.unzip();
         Ok(Self {
             amount,
             currency,
@@ -459,7 +441,7 @@ impl NewPayment {
             country,
             reference: text(body, "reference")?,
             capture,
-            card: card_number.as_deref().and_then(MaskedCard::from_number),
+            card,
             card_number,
         })
     }
@@ -531,9 +513,9 @@ fn text(body: &PaymentBody<'_>, name: &str) -> Result<Option<String>, ApiError> 
     }
 }
 
-/// The card number, when the body has a card; checked, never kept beyond the request. The
-/// message never repeats what was sent.
-fn card_number(body: &PaymentBody<'_>) -> Result<Option<String>, ApiError> {
+/// The card number (never kept beyond the request) and its masked form, when the body has a
+/// card. The message never repeats what was sent.
+fn card(body: &PaymentBody<'_>) -> Result<Option<(String, MaskedCard)>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Card {
         number: String,
@@ -543,10 +525,8 @@ fn card_number(body: &PaymentBody<'_>) -> Result<Option<String>, ApiError> {
     };
     let invalid = || invalid("card.number must be a string of 12 to 19 digits");
     let card: Card = serde_json::from_str(raw.get()).map_err(|_| invalid())?;
-    if MaskedCard::from_number(&card.number).is_none() {
-        return Err(invalid());
-    }
-    Ok(Some(card.number))
+    let masked = MaskedCard::from_number(&card.number).ok_or_else(invalid)?;
+    Ok(Some((card.number, masked)))
 }
 
 #[cfg(test)]

@@ -145,8 +145,8 @@ async fn admit(
                 gateway.metrics.idempotent_replays.inc();
                 return Ok(Some(replay(stored)));
             }
-            Begin::Payment(payment_id) => {
-                let stored = current_payment(gateway, &payment_id)?;
+            Begin::Made(target) => {
+                let stored = current_answer(gateway, &target)?;
                 gateway.metrics.idempotent_replays.inc();
                 return Ok(Some(replay(stored)));
             }
@@ -185,15 +185,15 @@ async fn admit(
     }
 }
 
-/// The payment a key made, as it now stands (pending, or settled since, by reconciliation
-/// too): what a retry with the key is answered, after a crash as much as before.
-fn current_payment(gateway: &Gateway, payment_id: &str) -> Result<StoredResponse, ApiError> {
+/// What a key made, as it now stands (pending, or settled since, by reconciliation too):
+/// what a retry with the key is answered, after a crash as much as before.
+fn current_answer(gateway: &Gateway, target: &str) -> Result<StoredResponse, ApiError> {
     let unreadable = || {
         ApiError::IdempotencyConflict(
             "the payment made with this Idempotency-Key cannot be read yet; retry shortly".into(),
         )
     };
-    crate::api::current_answer(gateway.store.as_ref(), payment_id).ok_or_else(unreadable)
+    crate::api::current_answer(gateway.store.as_ref(), target).ok_or_else(unreadable)
 }
 
 fn replay(stored: StoredResponse) -> HttpResponse {

@@ -34,7 +34,7 @@ pub enum Begin {
     Replay(StoredResponse),
     /// The key made this payment, or capture or refund ([`target`]): the repeat is answered
     /// with it as it now stands.
-    Payment(String),
+    Made(String),
     /// Same key, different request.
     Mismatch,
     /// The first request with this key is still being processed; the receiver changes when

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::idempotency::{Begin, IdempotencyStore, Scope, StoredResponse};
-use super::keys::{Committed, JournalKeys, KeyRecord};
+use super::keys::{Committed, JournalKeys, Kept, KeyRecord};
 use super::{Durable, MemoryStore, Payment, PaymentStatus, PaymentStore, StoreError, now_ms};
 use crate::config::{Idempotency, Journal, JournalSync};
 
@@ -343,20 +343,17 @@ impl Committed for JournalStore {
         query
             .query_row([scope.as_str()], |row| {
                 let hash: Vec<u8> = row.get(0)?;
-                let status: u16 = row.get(1)?;
-                let answer = if status == 0 {
-                    None
-                } else {
-                    Some(StoredResponse {
-                        status,
+                let kept = match row.get::<_, Option<String>>(5)? {
+                    Some(target) => Kept::Made(target),
+                    None => Kept::Answer(StoredResponse {
+                        status: row.get(1)?,
                         body: row.get::<_, Vec<u8>>(2)?.into(),
                         channel: row.get(3)?,
-                    })
+                    }),
                 };
                 Ok(KeyRecord {
                     request_hash: hash.try_into().unwrap_or([0; 32]),
-                    answer,
-                    target: row.get(5)?,
+                    kept,
                     expires_at_ms: row.get::<_, i64>(4)? as u64,
                 })
             })
@@ -410,7 +407,7 @@ impl IdempotencyStore for JournalStore {
             }
             return false;
         };
-        let answered = record.answer.is_some();
+        let answered = matches!(record.kept, Kept::Answer(_));
         self.enqueue(Write::Key(scope.clone(), record));
         answered
     }
@@ -612,7 +609,10 @@ fn commit(
                     event_row.execute(params![*at_ms as i64, kind, channel, detail])?;
                 }
                 Write::Key(scope, record) => {
-                    let answer = record.answer.as_ref();
+                    let (answer, target) = match &record.kept {
+                        Kept::Answer(answer) => (Some(answer), None),
+                        Kept::Made(target) => (None, Some(target.as_str())),
+                    };
                     key_row.execute(params![
                         scope.as_str(),
                         &record.request_hash[..],
@@ -620,12 +620,14 @@ fn commit(
                         answer.map_or(&[][..], |a| &a.body[..]),
                         answer.and_then(|a| a.channel.as_deref()),
                         record.expires_at_ms as i64,
-                        record.target,
+                        target,
                     ])?;
                 }
                 Write::FreeKey(scope) => {
+                    // Only a record that names what it made and was never answered: the
+                    // request in flight that made a payment which surely failed.
                     transaction.execute(
-                        "DELETE FROM idempotency WHERE scope = ?1 AND status = 0",
+                        "DELETE FROM idempotency WHERE scope = ?1 AND target IS NOT NULL",
                         [scope.as_str()],
                     )?;
                 }

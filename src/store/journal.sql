@@ -58,8 +58,8 @@ CREATE INDEX IF NOT EXISTS events_at ON events (at_ms);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope         TEXT PRIMARY KEY,            -- length of the merchant id, ':', merchant id, key
     request_hash  BLOB NOT NULL,               -- SHA-256 of method, path and body
-    status        INTEGER NOT NULL,            -- HTTP status of the first answer; 0: none yet
-    body          BLOB NOT NULL,               -- the first answer (masked card at most); empty: none
+    status        INTEGER NOT NULL,            -- HTTP status of the first answer; 0 with a target
+    body          BLOB NOT NULL,               -- the first answer (masked card at most); empty with a target
     channel       TEXT,
     expires_at_ms INTEGER NOT NULL,
     target        TEXT                         -- what the key made: pay_... or pay_.../cap_... (answered as it stands)

@@ -24,20 +24,25 @@ use super::idempotency::{Begin, Scope, StoredResponse};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     pub request_hash: [u8; 32],
-    pub answer: Option<StoredResponse>,
-    /// What the key made (`idempotency::target`), answered as it now stands.
-    pub target: Option<String>,
+    pub kept: Kept,
     pub expires_at_ms: u64,
+}
+
+/// What a key's record answers a repeat with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// The first answer, replayed as it was.
+    Answer(StoredResponse),
+    /// What the key made (`idempotency::target`), answered as it now stands.
+    Made(String),
 }
 
 impl KeyRecord {
     /// What a repeat of the request gets.
     fn replay(&self) -> Begin {
-        match (&self.target, &self.answer) {
-            (Some(target), _) => Begin::Payment(target.clone()),
-            (None, Some(answer)) => Begin::Replay(answer.clone()),
-            // Neither is ever journaled; treat it as still running rather than run it twice.
-            (None, None) => Begin::InFlight(watch::channel(()).1),
+        match &self.kept {
+            Kept::Answer(answer) => Begin::Replay(answer.clone()),
+            Kept::Made(target) => Begin::Made(target.clone()),
         }
     }
 }
@@ -144,8 +149,7 @@ impl JournalKeys {
         self.filter.insert(scope.as_str(), expires_at_ms);
         Some(KeyRecord {
             request_hash: *request_hash,
-            answer: None,
-            target: Some(target.to_string()),
+            kept: Kept::Made(target.to_string()),
             expires_at_ms,
         })
     }
@@ -188,11 +192,16 @@ impl JournalKeys {
             return None;
         };
         // A key that made something is answered from it as it now stands: its first
-        // answer need not be kept beside it.
+        // answer need not be kept beside it. Without either there is nothing to keep (`keep`
+        // implies a target).
+        let kept = match (target, answer) {
+            (Some(target), _) => Kept::Made(target.clone()),
+            (None, Some(answer)) => Kept::Answer(answer),
+            (None, None) => return None,
+        };
         let record = KeyRecord {
             request_hash: *request_hash,
-            answer: if target.is_some() { None } else { answer },
-            target: target.clone(),
+            kept,
             expires_at_ms,
         };
         // The filter learns the key before memory lets go of it (after the commit).
@@ -425,8 +434,7 @@ mod tests {
         let scope = Scope::new("m", "k");
         let record = KeyRecord {
             request_hash: [3; 32],
-            answer: Some(answer()),
-            target: None,
+            kept: Kept::Answer(answer()),
             expires_at_ms: 5_000,
         };
         journal
@@ -451,7 +459,7 @@ mod tests {
             Begin::Proceed
         ));
         let intent = keys.bind(&scope, "pay_1", 5_000).unwrap();
-        assert_eq!(intent.target.as_deref(), Some("pay_1"));
+        assert_eq!(intent.kept, Kept::Made("pay_1".into()));
         assert_eq!(keys.bound(&scope).as_deref(), Some("pay_1"));
         // A crash now: a new run knows only the journal.
         journal
@@ -461,7 +469,7 @@ mod tests {
             .insert(scope.as_str().to_string(), intent);
         let restarted = JournalKeys::new([(scope.as_str().to_string(), 5_000)]);
         assert!(
-            matches!(restarted.begin(&scope, [1; 32], 0, 10, &journal), Begin::Payment(id) if id == "pay_1")
+            matches!(restarted.begin(&scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
         );
         assert!(matches!(
             restarted.begin(&scope, [2; 32], 0, 10, &journal),
@@ -469,9 +477,9 @@ mod tests {
         ));
         // Without a crash, an error answer with `keep` still names the payment.
         let record = keys.finish(&scope, None, true, 5_000).unwrap();
-        assert_eq!(record.target.as_deref(), Some("pay_1"));
+        assert_eq!(record.kept, Kept::Made("pay_1".into()));
         assert!(
-            matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Payment(id) if id == "pay_1")
+            matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
         );
     }
 
