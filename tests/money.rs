@@ -41,16 +41,27 @@ async fn try_pay_keyed(
     key: &str,
     body: &Value,
 ) -> Result<Answer, hyper_util::client::legacy::Error> {
+    post_keyed(&gateway.base, "/v1/payments", key, &body.to_string()).await
+}
+
+/// `POST {base}{path}` as the demo merchant with `Idempotency-Key: key`; Err when no answer
+/// came (the gateway was killed).
+async fn post_keyed(
+    base: &str,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
     let auth = format!("Bearer {KEY}");
     try_send(
         Method::POST,
-        &format!("{}/v1/payments", gateway.base),
+        &format!("{base}{path}"),
         &[
             ("authorization", &auth),
             ("content-type", "application/json"),
             ("idempotency-key", key),
         ],
-        &body.to_string(),
+        body,
     )
     .await
 }
@@ -88,14 +99,7 @@ async fn a_crash_with_calls_in_flight_loses_no_payment_and_a_keyed_retry_never_c
         in_flight.push((
             key.clone(),
             tokio::spawn(async move {
-                let auth = format!("Bearer {KEY}");
-                try_send(
-                    Method::POST,
-                    &format!("{gateway_base}/v1/payments"),
-                    &[("authorization", &auth), ("idempotency-key", &key)],
-                    &body.to_string(),
-                )
-                .await
+                post_keyed(&gateway_base, "/v1/payments", &key, &body.to_string()).await
             }),
         ));
     }
@@ -375,20 +379,12 @@ struct Acknowledged {
 /// One cycle of mixed traffic against `gateway` until it is killed: keyed payments (some
 /// captured at once), captures and refunds of earlier ones, and keyed retries.
 async fn mixed_load(base: String, cycle: usize, acknowledged: Arc<Mutex<Acknowledged>>) {
-    let auth = format!("Bearer {KEY}");
     for n in 0..200 {
         let key = format!("c{cycle}-p{n}");
         let capture = n % 2 == 0;
         let mut body = card_payment(1_000 + n as u64, "EUR");
         body["capture"] = json!(capture);
-        let Ok(paid) = try_send(
-            Method::POST,
-            &format!("{base}/v1/payments"),
-            &[("authorization", &auth), ("idempotency-key", &key)],
-            &body.to_string(),
-        )
-        .await
-        else {
+        let Ok(paid) = post_keyed(&base, "/v1/payments", &key, &body.to_string()).await else {
             return;
         };
         if !paid.status.is_success() {
@@ -410,16 +406,9 @@ async fn mixed_load(base: String, cycle: usize, acknowledged: Arc<Mutex<Acknowle
         } else {
             ("capture", "capture", 500)
         };
-        let Ok(done) = try_send(
-            Method::POST,
-            &format!("{base}/v1/payments/{id}/{action}"),
-            &[
-                ("authorization", &auth),
-                ("idempotency-key", &format!("{key}-{action}")),
-            ],
-            &format!("{{\"amount\": {amount}}}"),
-        )
-        .await
+        let path = format!("/v1/payments/{id}/{action}");
+        let amount_body = format!("{{\"amount\": {amount}}}");
+        let Ok(done) = post_keyed(&base, &path, &format!("{key}-{action}"), &amount_body).await
         else {
             return;
         };
@@ -433,14 +422,7 @@ async fn mixed_load(base: String, cycle: usize, acknowledged: Arc<Mutex<Acknowle
                 .push((id.clone(), op, kind, amount, op_status));
         }
         // A keyed retry of the payment: the same payment, never another.
-        let Ok(again) = try_send(
-            Method::POST,
-            &format!("{base}/v1/payments"),
-            &[("authorization", &auth), ("idempotency-key", &key)],
-            &body.to_string(),
-        )
-        .await
-        else {
+        let Ok(again) = post_keyed(&base, "/v1/payments", &key, &body.to_string()).await else {
             return;
         };
         assert_eq!(again.status, StatusCode::OK, "{:?}", again.json);
