@@ -123,7 +123,7 @@ fn channels(gateway: &Gateway) -> HttpResponse {
                 } else {
                     score.health.state(now).as_str()
                 },
-                success_rate: window.smoothed_rate(),
+                success_rate: score.evidence(now).rate(),
                 window,
                 latency_ms: score.latency_ms(),
                 latency_peak_ms: score.latency_peak_ms(),

@@ -88,12 +88,6 @@ impl Counts {
         }
     }
 
-    /// Success rate with one imagined success and one failure (Laplace), so that an
-    /// unmeasured channel stands at 0.5 rather than 0 or 1.
-    pub fn smoothed_rate(&self) -> f64 {
-        (self.successes as f64 + 1.0) / (self.total as f64 + 2.0)
-    }
-
     /// Share of calls that did not fault (declines count as available).
     pub fn availability(&self) -> f64 {
         if self.total == 0 {
@@ -112,7 +106,8 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    /// The estimate with one imagined success and one failure, as [`Counts::smoothed_rate`].
+    /// The success rate with one imagined success and one failure (Laplace), so that an
+    /// unmeasured channel stands at 0.5 rather than 0 or 1.
     pub fn rate(&self) -> f64 {
         (self.successes + 1.0) / (self.outcomes + 2.0)
     }
@@ -414,10 +409,10 @@ mod tests {
         }
         let counts = score.overall(1_000);
         assert_eq!((counts.total, counts.successes, counts.faults), (10, 8, 0));
-        assert!((counts.smoothed_rate() - 0.75).abs() < 1e-9);
+        assert!((score.evidence(1_000).rate() - 0.75).abs() < 1e-3);
         // 30 s later the window has forgotten them.
         assert_eq!(score.overall(1_000 + 30_000).total, 0);
-        assert!((Counts::default().smoothed_rate() - 0.5).abs() < 1e-9);
+        assert!((Estimate::default().rate() - 0.5).abs() < 1e-9);
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn publish_channel_gauges(gateway: &Gateway, snapshot: &crate::gateway::Snapshot
     let now = gateway.router.now_ms();
     let routing = &snapshot.config.routing;
     for (score, metrics) in snapshot.scores.iter().zip(&snapshot.metrics.channels) {
-        let rate = score.overall(now).smoothed_rate();
+        let rate = score.evidence(now).rate();
         metrics.success_rate.set(rate);
         let latency_s = score.latency_ms().min(2_000.0) / 1000.0;
         metrics
