@@ -23,7 +23,7 @@ use crate::routing::{self, Candidate, PaymentFacts};
 /// Admin bodies are small payment examples.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-const FORMULA: &str = "score = Beta(evidence.successes + 1, evidence failures + 1) draw - latency_penalty_per_second x latency_s - fee_penalty x fee / amount; highest score first; evidence remembers about the last 1000 outcomes, and the last 100 when the detector finds the older ones stale";
+const FORMULA: &str = "score = Beta(evidence.successes + 1, evidence failures + 1) draw - latency_penalty_per_second x latency_s - fee_penalty x fee / amount; highest score first; evidence remembers about the last 1000 outcomes and fades with the traffic of its segment (over 30000 payments, 1000 after a change) and with time (10 min); when the detector's log-likelihood ratio of the last 8-64 outcomes against the history before them passes its threshold, the history is dropped and the evidence restarts from those outcomes";
 
 /// The SHA-256 of the admin token.
 #[derive(Clone)]

@@ -17,8 +17,11 @@
 //! close together, or one with few recent calls, share traffic until the data separates them.
 //! A fixed share pays for exploration forever (3.3 points in the figures of
 //! ROUTING-NOTES.md); UCB's bonus needs tuning to the volume, Thompson's posterior scales
-//! with it. Because the evidence fades with time too, a channel that lost traffic returns to a
-//! wide posterior and is probed again, so a recovered PSP wins its traffic back.
+//! with it. Because the evidence fades with the payments that pass the channel by (and with
+//! time), a channel that lost traffic returns to a wide posterior and is probed again after
+//! the same number of payments at any traffic rate, so a recovered PSP wins its traffic back;
+//! after a detected change it fades thirty times faster, as a channel that changed once may
+//! change back.
 
 use rand::RngExt;
 use rand_distr::{Beta, Distribution};

@@ -24,7 +24,7 @@ pub use budget::RetryBudget;
 pub use clock::Clock;
 pub use health::{Cause, State};
 pub use rules::RuleIndex;
-pub use score::{ChannelScore, Counts, Detector, Estimate, Observation, segment_key};
+pub use score::{ChannelScore, Counts, Detector, Estimate, Observation, Traffic, segment_key};
 
 use crate::config::{ChannelId, Config, Strategy};
 use crate::store::{Outcome, PaymentStatus};
@@ -148,6 +148,7 @@ pub struct Router {
     pub clock: Clock,
     pub budget: RetryBudget,
     scores: DashMap<String, Arc<ChannelScore>>,
+    traffic: Arc<Traffic>,
 }
 
 impl Router {
@@ -156,6 +157,7 @@ impl Router {
             clock,
             budget: RetryBudget::new(),
             scores: DashMap::new(),
+            traffic: Arc::default(),
         }
     }
 
@@ -169,7 +171,12 @@ impl Router {
         config
             .channels
             .iter()
-            .map(|c| self.scores.entry(c.name.clone()).or_default().clone())
+            .map(|c| {
+                self.scores
+                    .entry(c.name.clone())
+                    .or_insert_with(|| Arc::new(ChannelScore::with_traffic(self.traffic.clone())))
+                    .clone()
+            })
             .collect()
     }
 
