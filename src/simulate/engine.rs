@@ -24,7 +24,7 @@ use rand::rngs::{SmallRng, StdRng};
 use rand::{RngExt, SeedableRng};
 
 use super::baseline;
-use super::scenario::{ChannelModel, Scenario};
+use super::scenario::{ChannelModel, Conditions, Phase, Scenario, conditions_at};
 use crate::config::{ChannelId, Config};
 use crate::routing::{
     self, ChannelScore, Clock, Observation, PaymentFacts, Router, RoutingError, Verdict,
@@ -38,6 +38,11 @@ pub const MAX_LATENCY_MS: usize = 60_000;
 
 /// Random lane of a payment's own draws (its kind and amount); channel lanes follow.
 const PAYMENT_LANE: u64 = 0;
+/// A step down of at least this much chance of approval (declines, not refusals) is an
+/// abrupt drop whose reaction the report measures ...
+const DROP_POINTS: f64 = 0.2;
+/// ... over this many first attempts of the payments it hits, then until it ends.
+pub const REACTION_PAYMENTS: u64 = 1_000;
 
 /// How the channels of a payment are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +150,44 @@ impl<'a> World<'a> {
         (kind, amount)
     }
 
+    /// The conditions a payment of mix entry `kind` meets on `channel` at `now_us`.
+    pub fn conditions(&self, channel: ChannelId, kind: usize, now_us: u64) -> Conditions {
+        self.models[channel].at_for(now_us, &self.scenario.payments[kind])
+    }
+
+    /// Every abrupt drop of approvals that begins within the run: a step phase of a channel
+    /// or of one of its segments that lowers the chance of approval by [`DROP_POINTS`] or
+    /// more without refusing everything (that is an outage), until the next phase of the
+    /// same timeline.
+    pub fn drops(&self) -> Vec<Drop> {
+        let run_end_us = self.duration_secs() * 1_000_000;
+        let kinds = &self.scenario.payments;
+        let mut found = Vec::new();
+        for (channel, model) in self.models.iter().enumerate() {
+            let owner = |kind| model.segments.iter().position(|s| s.matches.matches(kind));
+            let mut timelines = vec![(None, model.base, &model.phases)];
+            for (i, segment) in model.segments.iter().enumerate() {
+                timelines.push((Some(i), segment.base, &segment.phases));
+            }
+            for (segment, base, phases) in timelines {
+                let hit: Vec<bool> = kinds.iter().map(|kind| owner(kind) == segment).collect();
+                if !hit.contains(&true) {
+                    continue;
+                }
+                found.extend(
+                    steps_down(base, phases, run_end_us).map(|(from_us, to_us)| Drop {
+                        channel,
+                        from_us,
+                        to_us,
+                        segment: segment.map(|i| model.segments[i].matches.label()),
+                        kinds: hit.clone(),
+                    }),
+                );
+            }
+        }
+        found
+    }
+
     /// The routing facts of a payment of mix entry `kind`.
     fn facts(&self, kind: usize, amount: u64) -> PaymentFacts<'a> {
         let entry = &self.scenario.payments[kind];
@@ -162,6 +205,71 @@ impl<'a> World<'a> {
         SmallRng::seed_from_u64(mix(
             self.seed ^ mix(payment ^ lane.wrapping_mul(0xD6E8_FEB8_6659_FD93))
         ))
+    }
+}
+
+/// The `[from, to)` spans of the step phases of one timeline that lower the chance of
+/// approval by [`DROP_POINTS`] or more and refuse less than everything.
+fn steps_down(
+    base: Conditions,
+    phases: &[Phase],
+    run_end_us: u64,
+) -> impl Iterator<Item = (u64, u64)> + '_ {
+    phases.iter().enumerate().filter_map(move |(i, phase)| {
+        if phase.to_us.is_some() || phase.from_us >= run_end_us || phase.from_us == 0 {
+            return None;
+        }
+        let before = conditions_at(base, phases, phase.from_us - 1);
+        let after = conditions_at(base, phases, phase.from_us);
+        let dropped = before.effective_success() - after.effective_success() >= DROP_POINTS;
+        let to_us = phases.get(i + 1).map_or(run_end_us, |next| next.from_us);
+        (dropped && after.unavailable < 1.0).then_some((phase.from_us, to_us.min(run_end_us)))
+    })
+}
+
+/// An abrupt drop of one channel's approvals for some payment kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drop {
+    pub channel: ChannelId,
+    pub from_us: u64,
+    pub to_us: u64,
+    /// The segment's keys; none for the whole channel.
+    pub segment: Option<String>,
+    /// Which payment kinds (mix entries) it hits.
+    pub kinds: Vec<bool>,
+}
+
+/// How a strategy reacted to one [`Drop`], counted in the first attempts of the payments it
+/// hits that arrived after it began.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reaction {
+    /// Among the first [`REACTION_PAYMENTS`]: how many, how many went to the channel, and
+    /// how many of those were sent before any answer to a call sent after the drop had come
+    /// back from it (no router can know of the drop before then).
+    pub early: u64,
+    pub early_to_it: u64,
+    pub early_blind: u64,
+    /// Of the first [`REACTION_PAYMENTS`], those that arrived once such an answer was in.
+    pub early_informed: u64,
+    /// From then on until the drop ends.
+    pub later: u64,
+    pub later_to_it: u64,
+    informed: bool,
+}
+
+impl Reaction {
+    pub fn add(&mut self, other: &Reaction) {
+        self.early += other.early;
+        self.early_to_it += other.early_to_it;
+        self.early_blind += other.early_blind;
+        self.early_informed += other.early_informed;
+        self.later += other.later;
+        self.later_to_it += other.later_to_it;
+    }
+
+    /// The channel's share of the early first attempts sent once it could have answered.
+    pub fn informed_early_percent(&self) -> f64 {
+        percent(self.early_to_it - self.early_blind, self.early_informed)
     }
 }
 
@@ -198,14 +306,19 @@ pub struct Tally {
     pub failed_at: Vec<u64>,
     /// Failures whose last attempt went to a channel that was down at the time, by channel.
     pub failed_while_down: Vec<u64>,
-    /// First attempts by second of virtual time and channel: `[second * channels + channel]`.
+    /// First attempts by second of virtual time, payment kind and channel:
+    /// `[(second * kinds + kind) * channels + channel]`.
     pub first_attempts: Vec<u32>,
+    pub kinds: usize,
+    /// The drops of [`World::drops`] and how this strategy reacted to each.
+    pub drops: Vec<(Drop, Reaction)>,
 }
 
 impl Tally {
     fn new(strategy: Strategy, world: &World<'_>) -> Self {
         let channels = world.config.channels.len();
         let seconds = world.duration_secs() as usize;
+        let kinds = world.scenario.payments.len();
         Self {
             strategy,
             channels,
@@ -221,7 +334,13 @@ impl Tally {
             fees: vec![0; world.scenario.payments.len()],
             failed_at: vec![0; channels],
             failed_while_down: vec![0; channels],
-            first_attempts: vec![0; seconds * channels],
+            first_attempts: vec![0; seconds * kinds * channels],
+            kinds,
+            drops: world
+                .drops()
+                .into_iter()
+                .map(|drop| (drop, Reaction::default()))
+                .collect(),
         }
     }
 
@@ -246,21 +365,54 @@ impl Tally {
 
     /// First attempts per channel over seconds `from..to` of virtual time.
     pub fn first_attempts_in(&self, from: u64, to: u64) -> Vec<u64> {
+        self.first_attempts_of(|_| true, from, to)
+    }
+
+    /// First attempts per channel over seconds `from..to`, of the payment kinds `of` takes.
+    pub fn first_attempts_of(&self, of: impl Fn(usize) -> bool, from: u64, to: u64) -> Vec<u64> {
         let mut counts = vec![0u64; self.channels];
-        let seconds = (self.first_attempts.len() / self.channels.max(1)) as u64;
+        let row = self.kinds * self.channels;
+        let seconds = (self.first_attempts.len() / row.max(1)) as u64;
         for second in from..to.min(seconds) {
-            let row = second as usize * self.channels;
-            for (channel, count) in counts.iter_mut().enumerate() {
-                *count += u64::from(self.first_attempts[row + channel]);
+            for kind in (0..self.kinds).filter(|&kind| of(kind)) {
+                let at = (second as usize * self.kinds + kind) * self.channels;
+                for (channel, count) in counts.iter_mut().enumerate() {
+                    *count += u64::from(self.first_attempts[at + channel]);
+                }
             }
         }
         counts
     }
 
-    fn record_first_attempt(&mut self, at_us: u64, channel: ChannelId) {
-        let index = (at_us / 1_000_000) as usize * self.channels + channel;
+    fn record_first_attempt(&mut self, at_us: u64, kind: usize, channel: ChannelId) {
+        let index = ((at_us / 1_000_000) as usize * self.kinds + kind) * self.channels + channel;
         if let Some(count) = self.first_attempts.get_mut(index) {
             *count += 1;
+        }
+        for (drop, reaction) in &mut self.drops {
+            if at_us < drop.from_us || at_us >= drop.to_us || !drop.kinds[kind] {
+                continue;
+            }
+            let to_it = u64::from(channel == drop.channel);
+            if reaction.early < REACTION_PAYMENTS {
+                reaction.early += 1;
+                reaction.early_to_it += to_it;
+                reaction.early_blind += to_it * u64::from(!reaction.informed);
+                reaction.early_informed += u64::from(reaction.informed);
+            } else {
+                reaction.later += 1;
+                reaction.later_to_it += to_it;
+            }
+        }
+    }
+
+    /// An answer from `channel` to a call sent at `sent_us` for a payment of `kind`: once
+    /// one sent after a drop comes back, the router can know of it.
+    fn record_answer(&mut self, sent_us: u64, kind: usize, channel: ChannelId) {
+        for (drop, reaction) in &mut self.drops {
+            if channel == drop.channel && sent_us >= drop.from_us && drop.kinds[kind] {
+                reaction.informed = true;
+            }
         }
     }
 }
@@ -294,7 +446,7 @@ pub fn truth(world: &World<'_>) -> Truth {
         let at = world.arrival_us(number);
         let chances: Vec<f64> = eligible
             .iter()
-            .map(|&id| world.models[id].at(at))
+            .map(|&id| world.conditions(id, kind, at))
             .filter(|conditions| conditions.unavailable < 1.0)
             .map(|conditions| conditions.effective_success())
             .collect();
@@ -452,7 +604,7 @@ impl<'w, 'a> Run<'w, 'a> {
         let (kind, amount) = self.world.payment(number);
         let facts = self.world.facts(kind, amount);
         self.tally.payments += 1;
-        let Ok(order) = self.order(&facts, at_us) else {
+        let Ok(order) = self.order(kind, &facts, at_us) else {
             self.tally.unroutable += 1;
             return;
         };
@@ -472,6 +624,7 @@ impl<'w, 'a> Run<'w, 'a> {
 
     fn order(
         &mut self,
+        kind: usize,
         facts: &PaymentFacts<'_>,
         at_us: u64,
     ) -> Result<Vec<ChannelId>, RoutingError> {
@@ -492,9 +645,11 @@ impl<'w, 'a> Run<'w, 'a> {
                 baseline::eligible(config, facts).map(|(_, eligible)| baseline::priority(eligible))
             }
             Strategy::Oracle => {
-                let models = &self.world.models;
+                let world = self.world;
                 baseline::eligible(config, facts).map(|(_, eligible)| {
-                    baseline::oracle(eligible, |id| models[id].at(at_us).effective_success())
+                    baseline::oracle(eligible, |id| {
+                        world.conditions(id, kind, at_us).effective_success()
+                    })
                 })
             }
             Strategy::Hyperswitch | Strategy::DecisionEngine => {
@@ -513,7 +668,7 @@ impl<'w, 'a> Run<'w, 'a> {
     fn attempt(&mut self, mut payment: InFlight, at_us: u64) {
         let channel = payment.order[payment.tried];
         let model = self.world.models[channel];
-        let conditions = model.at(at_us);
+        let conditions = self.world.conditions(channel, payment.kind, at_us);
         let mut rng = self.world.draws(payment.number, channel as u64 + 1);
         let refused = rng.random::<f64>() < conditions.unavailable;
         let approved = rng.random::<f64>() < conditions.success;
@@ -531,7 +686,8 @@ impl<'w, 'a> Run<'w, 'a> {
             (false, false) => (Outcome::Declined, latency),
         };
         if payment.tried == 0 {
-            self.tally.record_first_attempt(at_us, channel);
+            self.tally
+                .record_first_attempt(at_us, payment.kind, channel);
         }
         self.tally.attempts += 1;
         payment.sent_to_dead = conditions.unavailable >= 1.0;
@@ -555,6 +711,8 @@ impl<'w, 'a> Run<'w, 'a> {
             payment,
             ..
         } = answer;
+        let sent_us = at_us.saturating_sub(latency.as_micros() as u64);
+        self.tally.record_answer(sent_us, payment.kind, channel);
         if self.strategy == Strategy::Adaptive {
             self.observe(channel, payment.segment, outcome, latency);
         }

@@ -49,6 +49,10 @@ pub struct SimulateArgs {
     /// Seed of every random draw; the same seed gives the same report.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run this many seeds (seed, seed + 1, ...) and report the medians first, then the
+    /// first seed's full report.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
     /// Output layout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -63,6 +67,8 @@ pub enum Format {
 /// Longest run in virtual time: traffic is counted per second, and 11.6 days keeps those
 /// counters under 75 MB for six strategies of three channels (50 MB for four).
 const MAX_VIRTUAL_SECS: u64 = 1_000_000;
+/// Most seeds in one run: medians need a few, not a sweep.
+const MAX_SEEDS: u64 = 99;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
@@ -105,6 +111,8 @@ pub enum SimulateError {
     },
     #[error("--requests must be at least 1")]
     NoRequests,
+    #[error("--seeds must be between 1 and {MAX_SEEDS}")]
+    Seeds,
     #[error(
         "{}: {requests} payments at {rate}/s would cover {seconds} s of virtual time, more than {MAX_VIRTUAL_SECS}; raise rate_per_second or lower --requests",
         scenario.display()
@@ -125,31 +133,40 @@ pub enum SimulateError {
 /// stderr so that stdout stays the same for the same seed.
 pub fn run(args: SimulateArgs) -> Result<(), SimulateError> {
     let started = Instant::now();
-    let report = simulate(&args)?;
+    let reports = simulate(&args)?;
+    let text = match reports.as_slice() {
+        [report] => report.render(args.format),
+        _ => report::render_medians(&reports, args.format),
+    };
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(report.render(args.format).as_bytes())
+        .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(SimulateError::Output)?;
     eprintln!(
-        "simulated {} payments x {} strategies in {:.2} s",
+        "simulated {} payments x {} strategies x {} seed(s) in {:.2} s",
         args.requests,
         Strategy::ALL.len(),
+        reports.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-/// Loads both files, runs every strategy over the same arrivals, and returns the report.
-pub fn simulate(args: &SimulateArgs) -> Result<Report, SimulateError> {
+/// Loads both files, runs every strategy over the same arrivals, and returns the report of
+/// each seed.
+pub fn simulate(args: &SimulateArgs) -> Result<Vec<Report>, SimulateError> {
     if args.requests == 0 {
         return Err(SimulateError::NoRequests);
+    }
+    if !(1..=MAX_SEEDS).contains(&args.seeds) {
+        return Err(SimulateError::Seeds);
     }
     let config = Config::load(&args.routes).map_err(SimulateError::Routes)?;
     let scenario = Scenario::load(&args.scenario).map_err(SimulateError::Scenario)?;
     let models = models_for(&config, &scenario)?;
     check_routable(&config, &scenario)?;
-    let world = World::new(&config, &scenario, models, args.requests, args.seed);
+    let world = World::new(&config, &scenario, models.clone(), args.requests, args.seed);
     let seconds = world.duration_secs();
     if seconds > MAX_VIRTUAL_SECS {
         return Err(SimulateError::TooLong {
@@ -159,9 +176,13 @@ pub fn simulate(args: &SimulateArgs) -> Result<Report, SimulateError> {
             seconds,
         });
     }
-    let tallies = run_all(&world)?;
-    let truth = engine::truth(&world);
-    Ok(Report::new(&world, tallies, truth))
+    (args.seed..args.seed.saturating_add(args.seeds))
+        .map(|seed| {
+            let world = World::new(&config, &scenario, models.clone(), args.requests, seed);
+            let tallies = run_all(&world)?;
+            Ok(Report::new(&world, tallies, engine::truth(&world)))
+        })
+        .collect()
 }
 
 /// The scenario's model of each channel of the routes file, by channel id; every channel must

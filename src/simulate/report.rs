@@ -10,10 +10,18 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 use super::Format;
-use super::engine::{Strategy, Tally, Truth, World, percent};
+use super::engine::{Drop, REACTION_PAYMENTS, Reaction, Strategy, Tally, Truth, World, percent};
 
 /// Bar: the adaptive router's success rate within this many points of the oracle's.
-pub const ORACLE_GAP_POINTS: f64 = 1.0;
+pub const ORACLE_GAP_POINTS: f64 = 0.5;
+/// Bar: after an abrupt drop, the degraded channel's share of the first attempts of the
+/// [`REACTION_PAYMENTS`] payments it hits (those sent once an answer could have told) ...
+pub const EARLY_SHARE_PERCENT: f64 = 10.0;
+/// ... and of the later ones, until the drop ends.
+pub const LATER_SHARE_PERCENT: f64 = 3.0;
+/// Bar: in a segment-only drop, the most any channel's share of the other segments' first
+/// attempts may move (the 30 s before against the drop).
+pub const OTHER_SEGMENTS_POINTS: f64 = 2.0;
 /// Bar: its lead over round robin at least (best − average channel) minus this many points.
 pub const ROUND_ROBIN_SLACK_POINTS: f64 = 1.0;
 /// Bar: a dead channel's share of first attempts must fall under this ...
@@ -43,6 +51,31 @@ pub struct OutageFigures {
     pub failed_on_it: u64,
 }
 
+/// One bar: whether it passed, the figure it judges (to take medians over seeds), and what
+/// it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    pub passed: bool,
+    pub figure: f64,
+    pub text: String,
+}
+
+impl Bar {
+    fn new(passed: bool, figure: f64, text: String) -> Self {
+        Self {
+            passed,
+            figure,
+            text,
+        }
+    }
+
+    fn render(&self, format: Format, out: &mut String) {
+        let mark = if self.passed { "PASS" } else { "FAIL" };
+        let bullet = if format == Format::Markdown { "- " } else { "" };
+        let _ = writeln!(out, "{bullet}{mark}  {}", self.text);
+    }
+}
+
 pub struct Report {
     pub scenario: String,
     pub scenario_file: PathBuf,
@@ -55,6 +88,10 @@ pub struct Report {
     pub channel_names: Vec<String>,
     /// Currency of each payment kind, to add fees up by currency.
     pub kind_currencies: Vec<String>,
+    /// Each payment kind as "USD card US", and whether any channel treats kinds apart (then
+    /// the adaptive router's traffic is shown per kind).
+    pub kind_labels: Vec<String>,
+    pub segmented: bool,
     pub tallies: Vec<Tally>,
     pub truth: Truth,
     /// Time slices of the traffic table, `[from, to)` seconds.
@@ -86,6 +123,18 @@ impl Report {
                 .iter()
                 .map(|p| p.currency.clone())
                 .collect(),
+            kind_labels: scenario
+                .payments
+                .iter()
+                .map(|p| {
+                    let mut label = format!("{} {}", p.currency, p.method);
+                    for extra in [&p.country, &p.bin].into_iter().flatten() {
+                        label = format!("{label} {extra}");
+                    }
+                    label
+                })
+                .collect(),
+            segmented: world.models.iter().any(|m| !m.segments.is_empty()),
             tallies,
             truth,
             slices: slices(scenario.slices_secs.as_deref(), duration_secs),
@@ -118,7 +167,7 @@ impl Report {
     }
 
     /// The bars, evaluated on the adaptive router's figures.
-    pub fn bars(&self) -> Vec<(bool, String)> {
+    pub fn bars(&self) -> Vec<Bar> {
         let (Some(adaptive), Some(oracle), Some(round_robin)) = (
             self.tally(Strategy::Adaptive),
             self.tally(Strategy::Oracle),
@@ -134,14 +183,16 @@ impl Report {
         let gap = o - a;
         let needed = self.truth.best_percent - self.truth.mean_percent - ROUND_ROBIN_SLACK_POINTS;
         let mut bars = vec![
-            (
+            Bar::new(
                 gap <= ORACLE_GAP_POINTS,
+                gap,
                 format!(
                     "adaptive within {ORACLE_GAP_POINTS:.1} point of the oracle: {a:.2}% vs {o:.2}% (gap {gap:.2})"
                 ),
             ),
-            (
+            Bar::new(
                 a - r >= needed,
+                a - r,
                 format!(
                     "adaptive ahead of round robin by at least best - average - {ROUND_ROBIN_SLACK_POINTS:.0} = {:.2} - {:.2} - {ROUND_ROBIN_SLACK_POINTS:.0} = {needed:.2} points: {a:.2}% - {r:.2}% = {:.2}",
                     self.truth.best_percent,
@@ -150,13 +201,102 @@ impl Report {
                 ),
             ),
         ];
+        for baseline in [Strategy::Hyperswitch, Strategy::DecisionEngine] {
+            if let Some(other) = self.tally(baseline) {
+                let b = other.success_percent();
+                bars.push(Bar::new(
+                    a > b,
+                    a - b,
+                    format!(
+                        "adaptive ahead of {}: {a:.2}% vs {b:.2}% (lead {:.2})",
+                        baseline.name(),
+                        a - b
+                    ),
+                ));
+            }
+        }
         for outage in &self.outages {
             bars.extend(self.outage_bars(adaptive, outage));
+        }
+        if let Some(reaction) = total_reaction(adaptive) {
+            let drops = adaptive.drops.len();
+            let early = reaction.informed_early_percent();
+            let later = percent(reaction.later_to_it, reaction.later);
+            bars.push(Bar::new(
+                early < EARLY_SHARE_PERCENT,
+                early,
+                format!(
+                    "after {drops} abrupt drop(s), first attempts to the degraded channel among the first {REACTION_PAYMENTS} payments each hits, once it could have answered: {early:.1}% (under {EARLY_SHARE_PERCENT:.0}%; {:.1}% counting the {} sent before any answer)",
+                    percent(reaction.early_to_it, reaction.early),
+                    reaction.early_blind
+                ),
+            ));
+            bars.push(Bar::new(
+                later < LATER_SHARE_PERCENT,
+                later,
+                format!(
+                    "after {drops} abrupt drop(s), first attempts to the degraded channel from then on: {later:.2}% (under {LATER_SHARE_PERCENT:.0}%)"
+                ),
+            ));
+        }
+        for (drop, _) in adaptive.drops.iter().filter(|(d, _)| d.segment.is_some()) {
+            let moved = self.other_segments_moved(adaptive, drop);
+            bars.push(Bar::new(
+                moved < OTHER_SEGMENTS_POINTS,
+                moved,
+                format!(
+                    "drop of {} in {} at {:.0} s: the other segments' traffic moved by at most {moved:.2} points (under {OTHER_SEGMENTS_POINTS:.0})",
+                    self.channel_names[drop.channel],
+                    drop.segment.as_deref().unwrap_or_default(),
+                    drop.from_us as f64 / 1e6
+                ),
+            ));
         }
         bars
     }
 
-    fn outage_bars(&self, adaptive: &Tally, outage: &Outage) -> [(bool, String); 2] {
+    /// The most any channel's share of the first attempts of the kinds `drop` does not hit
+    /// moved: the 30 s before it against its span.
+    pub fn other_segments_moved(&self, tally: &Tally, drop: &Drop) -> f64 {
+        let (from, to) = (drop.from_us / 1_000_000, drop.to_us.div_ceil(1_000_000));
+        let others = |kind: usize| !drop.kinds[kind];
+        let shares = |counts: Vec<u64>| -> Vec<f64> {
+            let total = counts.iter().sum();
+            counts.iter().map(|&c| percent(c, total)).collect()
+        };
+        let before = shares(tally.first_attempts_of(others, from.saturating_sub(30), from));
+        let during = shares(tally.first_attempts_of(others, from, to));
+        before
+            .iter()
+            .zip(&during)
+            .map(|(b, d)| (b - d).abs())
+            .fold(0.0, f64::max)
+    }
+
+    fn reaction_table(&self) -> Table {
+        let mut table = Table::new(&[
+            "strategy",
+            "to it, first 1000 payments",
+            "of which before any answer",
+            "to it once it could answer",
+            "to it from then on",
+        ]);
+        for tally in &self.tallies {
+            let Some(r) = total_reaction(tally) else {
+                continue;
+            };
+            table.row(vec![
+                tally.strategy.name().into(),
+                format!("{:.1}%", percent(r.early_to_it, r.early)),
+                r.early_blind.to_string(),
+                format!("{:.1}%", r.informed_early_percent()),
+                format!("{:.2}%", percent(r.later_to_it, r.later)),
+            ]);
+        }
+        table
+    }
+
+    fn outage_bars(&self, adaptive: &Tally, outage: &Outage) -> [Bar; 2] {
         let name = &self.channel_names[outage.channel];
         let figures = self.outage_figures(adaptive, outage);
         let settled = match figures.settled_after_secs {
@@ -164,17 +304,19 @@ impl Report {
             None => "never".into(),
         };
         [
-            (
+            Bar::new(
                 figures
                     .settled_after_secs
                     .is_some_and(|secs| secs <= DEAD_SETTLE_SECS),
+                figures.settled_after_secs.unwrap_or(f64::INFINITY),
                 format!(
                     "outage of {name}: its share of first attempts under {DEAD_SHARE_PERCENT:.0}% within {DEAD_SETTLE_SECS:.0} s and after: {settled} (first second {:.1}%, worst later second {:.2}%)",
                     figures.first_second_percent, figures.worst_later_percent
                 ),
             ),
-            (
+            Bar::new(
                 figures.failed_on_it == 0,
+                figures.failed_on_it as f64,
                 format!(
                     "outage of {name}: no merchant-visible failure stranded on it: {}",
                     figures.failed_on_it
@@ -194,7 +336,28 @@ impl Report {
                 &format!("Traffic share of first attempts: {}", tally.strategy.name()),
                 &mut out,
             );
-            self.traffic_table(tally).render(format, &mut out);
+            self.traffic_table(tally, |_| true).render(format, &mut out);
+        }
+        if let (true, Some(adaptive)) = (self.segmented, self.tally(Strategy::Adaptive)) {
+            for (kind, label) in self.kind_labels.iter().enumerate() {
+                heading(
+                    format,
+                    &format!("Traffic share of first attempts: adaptive, {label} payments"),
+                    &mut out,
+                );
+                self.traffic_table(adaptive, |k| k == kind)
+                    .render(format, &mut out);
+            }
+        }
+        if let Some(adaptive) = self.tally(Strategy::Adaptive)
+            && !adaptive.drops.is_empty()
+        {
+            let title = format!(
+                "Abrupt drops ({}): first attempts of the payments each hits to the degraded channel",
+                adaptive.drops.len()
+            );
+            heading(format, &title, &mut out);
+            self.reaction_table().render(format, &mut out);
         }
         for outage in &self.outages {
             let name = &self.channel_names[outage.channel];
@@ -207,10 +370,8 @@ impl Report {
             self.outage_table(outage).render(format, &mut out);
         }
         heading(format, "Bars", &mut out);
-        for (passed, text) in self.bars() {
-            let mark = if passed { "PASS" } else { "FAIL" };
-            let bullet = if format == Format::Markdown { "- " } else { "" };
-            let _ = writeln!(out, "{bullet}{mark}  {text}");
+        for bar in self.bars() {
+            bar.render(format, &mut out);
         }
         out
     }
@@ -288,7 +449,7 @@ impl Report {
             .join(", ")
     }
 
-    fn traffic_table(&self, tally: &Tally) -> Table {
+    fn traffic_table(&self, tally: &Tally, of: impl Fn(usize) -> bool + Copy) -> Table {
         let mut header = vec!["seconds".to_string()];
         header.extend(self.channel_names.iter().cloned());
         let mut table = Table {
@@ -296,7 +457,7 @@ impl Report {
             rows: Vec::new(),
         };
         for &(from, to) in &self.slices {
-            let counts = tally.first_attempts_in(from, to);
+            let counts = tally.first_attempts_of(of, from, to);
             let total = counts.iter().sum();
             let mut row = vec![format!("{from}-{to}")];
             row.extend(
@@ -331,6 +492,95 @@ impl Report {
         }
         table
     }
+}
+
+/// Several seeds of one scenario: each strategy's median, lowest and highest success, each
+/// bar judged on the seed whose figure is the median, then the first seed's full report.
+pub fn render_medians(reports: &[Report], format: Format) -> String {
+    let mut out = String::new();
+    let Some(first) = reports.first() else {
+        return out;
+    };
+    let last_seed = first.seed + reports.len() as u64 - 1;
+    let title = format!(
+        "paygate simulate: scenario {:?}, seeds {}-{last_seed}: medians",
+        first.scenario, first.seed
+    );
+    if format == Format::Markdown {
+        let _ = writeln!(out, "## {title}\n");
+    } else {
+        let _ = writeln!(out, "{title}");
+    }
+    let mut table = Table::new(&[
+        "strategy",
+        "median success",
+        "lowest",
+        "highest",
+        "median p99 ms",
+    ]);
+    for tally in &first.tallies {
+        let strategy = tally.strategy;
+        let of = |figure: &dyn Fn(&Tally) -> f64| -> Vec<f64> {
+            let mut figures: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.tally(strategy).map(figure))
+                .collect();
+            figures.sort_by(f64::total_cmp);
+            figures
+        };
+        let success = of(&|t| t.success_percent());
+        let p99 = of(&|t| t.latency_percentile(0.99) as f64);
+        table.row(vec![
+            strategy.name().into(),
+            format!("{:.2}%", median(&success)),
+            format!("{:.2}%", success.first().copied().unwrap_or_default()),
+            format!("{:.2}%", success.last().copied().unwrap_or_default()),
+            format!("{:.0}", median(&p99)),
+        ]);
+    }
+    table.render(format, &mut out);
+    heading(format, "Bars: the median seed of each", &mut out);
+    let bars: Vec<Vec<Bar>> = reports.iter().map(Report::bars).collect();
+    for i in 0..bars[0].len() {
+        let mut seeds: Vec<(f64, u64, &Bar)> = bars
+            .iter()
+            .zip(reports)
+            .filter_map(|(bars, report)| bars.get(i).map(|bar| (bar.figure, report.seed, bar)))
+            .collect();
+        seeds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (_, seed, bar) = seeds[(seeds.len() - 1) / 2];
+        let passed = seeds.iter().filter(|(_, _, bar)| bar.passed).count();
+        Bar::new(
+            bar.passed,
+            bar.figure,
+            format!(
+                "{} [seed {seed}; passed in {passed} of {} seeds]",
+                bar.text,
+                seeds.len()
+            ),
+        )
+        .render(format, &mut out);
+    }
+    out.push('\n');
+    out.push_str(&first.render(format));
+    out
+}
+
+/// The middle of sorted figures (the lower middle for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// The reactions to every drop of the run, added up; none without drops.
+fn total_reaction(tally: &Tally) -> Option<Reaction> {
+    tally.drops.iter().map(|(_, r)| r).fold(None, |sum, r| {
+        let mut sum = sum.unwrap_or_default();
+        sum.add(r);
+        Some(sum)
+    })
 }
 
 /// `[from, to)` second ranges from the scenario's slice starts, or ten equal slices.

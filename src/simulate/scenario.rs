@@ -32,6 +32,13 @@
 //! from_secs = 90
 //! to_secs = 120
 //! unavailable = 0.0
+//!
+//! [[channels.segments]]             # payments matching every key named here (currency,
+//! currency = "USD"                  # method, country, bin: a prefix of the payment's BIN)
+//! success = 0.95                    # behave otherwise: the channel's base values with the
+//! [[channels.segments.phases]]      # ones named here, and this segment's own phases
+//! from_secs = 30                    # (the channel's phases do not apply to it); the first
+//! success = 0.30                    # segment that matches wins
 //! ```
 
 use std::ops::Range;
@@ -67,6 +74,9 @@ struct RawPayment {
     method: String,
     #[serde(default)]
     country: Option<String>,
+    /// The first digits of the card number (6 or 8), for BIN-prefix segments.
+    #[serde(default)]
+    bin: Option<String>,
     amount: RawAmount,
     #[serde(default = "one")]
     share: u32,
@@ -93,6 +103,29 @@ struct RawChannel {
     latency_ms: RawLatency,
     #[serde(default)]
     unavailable_latency_ms: Option<u64>,
+    #[serde(default)]
+    phases: Vec<Spanned<RawPhase>>,
+    #[serde(default)]
+    segments: Vec<Spanned<RawSegment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegment {
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    country: Option<String>,
+    #[serde(default)]
+    bin: Option<String>,
+    #[serde(default)]
+    success: Option<f64>,
+    #[serde(default)]
+    unavailable: Option<f64>,
+    #[serde(default)]
+    latency_ms: Option<RawLatency>,
     #[serde(default)]
     phases: Vec<Spanned<RawPhase>>,
 }
@@ -138,6 +171,7 @@ pub struct PaymentKind {
     pub currency: String,
     pub method: String,
     pub country: Option<String>,
+    pub bin: Option<String>,
     pub min_amount: u64,
     pub max_amount: u64,
     pub share: u32,
@@ -177,27 +211,90 @@ pub struct ChannelModel {
     pub unavailable_latency_us: u64,
     /// In time order, never overlapping.
     pub phases: Vec<Phase>,
+    /// Payments that behave otherwise here; the first that matches wins.
+    pub segments: Vec<SegmentModel>,
+}
+
+/// Which payments a segment holds: every key it names must match (`bin` as a prefix).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentMatch {
+    pub currency: Option<String>,
+    pub method: Option<String>,
+    pub country: Option<String>,
+    pub bin: Option<String>,
+}
+
+impl SegmentMatch {
+    pub fn matches(&self, kind: &PaymentKind) -> bool {
+        let same = |key: &Option<String>, value: Option<&str>| {
+            key.as_deref().is_none_or(|key| value == Some(key))
+        };
+        same(&self.currency, Some(&kind.currency))
+            && same(&self.method, Some(&kind.method))
+            && same(&self.country, kind.country.as_deref())
+            && self.bin.as_deref().is_none_or(|prefix| {
+                kind.bin
+                    .as_deref()
+                    .is_some_and(|bin| bin.starts_with(prefix))
+            })
+    }
+
+    /// The keys it names, as `currency=USD bin=4242`, for reports.
+    pub fn label(&self) -> String {
+        [
+            ("currency", &self.currency),
+            ("method", &self.method),
+            ("country", &self.country),
+            ("bin", &self.bin),
+        ]
+        .iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+}
+
+/// One segment of a channel: its own base conditions and phases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentModel {
+    pub matches: SegmentMatch,
+    pub base: Conditions,
+    pub phases: Vec<Phase>,
+}
+
+/// The conditions at virtual time `now_us`: `base` with every phase that has begun applied
+/// in order; a phase under way moves each value it names linearly from where the earlier
+/// phases left it toward its target.
+pub fn conditions_at(base: Conditions, phases: &[Phase], now_us: u64) -> Conditions {
+    let mut current = base;
+    for phase in phases {
+        if now_us < phase.from_us {
+            break;
+        }
+        let progress = match phase.to_us {
+            Some(to) if now_us < to => {
+                (now_us - phase.from_us) as f64 / (to - phase.from_us) as f64
+            }
+            _ => 1.0,
+        };
+        current = phase.apply(current, progress);
+    }
+    current
 }
 
 impl ChannelModel {
-    /// The conditions at virtual time `now_us`: the base values with every phase that has
-    /// begun applied in order; a phase under way moves each value it names linearly from
-    /// where the earlier phases left it toward its target.
+    /// The channel-wide conditions at virtual time `now_us` (segments aside).
     pub fn at(&self, now_us: u64) -> Conditions {
-        let mut current = self.base;
-        for phase in &self.phases {
-            if now_us < phase.from_us {
-                break;
-            }
-            let progress = match phase.to_us {
-                Some(to) if now_us < to => {
-                    (now_us - phase.from_us) as f64 / (to - phase.from_us) as f64
-                }
-                _ => 1.0,
-            };
-            current = phase.apply(current, progress);
+        conditions_at(self.base, &self.phases, now_us)
+    }
+
+    /// The conditions a payment of `kind` meets at `now_us`: its segment's, else the
+    /// channel's.
+    pub fn at_for(&self, now_us: u64, kind: &PaymentKind) -> Conditions {
+        match self.segments.iter().find(|s| s.matches.matches(kind)) {
+            Some(segment) => conditions_at(segment.base, &segment.phases, now_us),
+            None => self.at(now_us),
         }
-        current
     }
 
     /// Whether the channel refuses everything at `now_us` (an outage).
@@ -349,11 +446,30 @@ impl Checker<'_> {
         if raw.share == 0 {
             self.problem(&at, "share must be at least 1".into());
         }
+        if let Some(bin) = &raw.bin
+            && !(6..=8).contains(&bin.len())
+        {
+            self.problem(
+                &at,
+                format!(
+                    "bin must be the first 6 to 8 digits of a card (got {} characters)",
+                    bin.len()
+                ),
+            );
+        }
+        if raw
+            .bin
+            .as_ref()
+            .is_some_and(|bin| !bin.bytes().all(|b| b.is_ascii_digit()))
+        {
+            self.problem(&at, "bin must be digits only".into());
+        }
         PaymentKind {
             merchant: raw.merchant.clone(),
             currency: raw.currency.clone(),
             method: raw.method.clone(),
             country: raw.country.clone(),
+            bin: raw.bin.clone(),
             min_amount,
             max_amount,
             share: raw.share,
@@ -392,24 +508,81 @@ impl Checker<'_> {
             raw.unavailable,
         );
         self.latency(&at, name, raw.latency_ms);
-        let mut phases: Vec<Phase> = Vec::with_capacity(raw.phases.len());
-        for phase in &raw.phases {
-            let end_of_previous = phases.last().map(|p: &Phase| p.to_us.unwrap_or(p.from_us));
-            phases.push(self.phase(name, phase, end_of_previous));
-        }
+        let phases = self.phases(name, &raw.phases);
+        let base = Conditions {
+            success: raw.success,
+            unavailable: raw.unavailable,
+            p50_ms: raw.latency_ms.p50,
+            p99_ms: raw.latency_ms.p99,
+        };
+        let segments = raw
+            .segments
+            .iter()
+            .map(|segment| self.segment(name, base, segment))
+            .collect();
         ChannelModel {
             name: name.clone(),
-            base: Conditions {
-                success: raw.success,
-                unavailable: raw.unavailable,
-                p50_ms: raw.latency_ms.p50,
-                p99_ms: raw.latency_ms.p99,
-            },
+            base,
+            segments,
             unavailable_latency_us: raw
                 .unavailable_latency_ms
                 .unwrap_or(DEFAULT_UNAVAILABLE_LATENCY_MS)
                 .saturating_mul(1_000),
             phases,
+        }
+    }
+
+    fn phases(&mut self, channel: &str, raw: &[Spanned<RawPhase>]) -> Vec<Phase> {
+        let mut phases: Vec<Phase> = Vec::with_capacity(raw.len());
+        for phase in raw {
+            let end_of_previous = phases.last().map(|p: &Phase| p.to_us.unwrap_or(p.from_us));
+            phases.push(self.phase(channel, phase, end_of_previous));
+        }
+        phases
+    }
+
+    fn segment(
+        &mut self,
+        channel: &str,
+        base: Conditions,
+        entry: &Spanned<RawSegment>,
+    ) -> SegmentModel {
+        let at = entry.span();
+        let raw = entry.get_ref();
+        let matches = SegmentMatch {
+            currency: raw.currency.clone(),
+            method: raw.method.clone(),
+            country: raw.country.clone(),
+            bin: raw.bin.clone(),
+        };
+        let label = matches.label();
+        let what = format!("{channel}, segment {label}");
+        if label.is_empty() {
+            self.problem(
+                &at,
+                format!(
+                    "channel {channel:?}: a segment must name currency, method, country or bin"
+                ),
+            );
+        }
+        if let Some(success) = raw.success {
+            self.share(&at, &format!("channel {what:?}: success"), success);
+        }
+        if let Some(unavailable) = raw.unavailable {
+            self.share(&at, &format!("channel {what:?}: unavailable"), unavailable);
+        }
+        if let Some(latency) = raw.latency_ms {
+            self.latency(&at, &what, latency);
+        }
+        SegmentModel {
+            matches,
+            base: Conditions {
+                success: raw.success.unwrap_or(base.success),
+                unavailable: raw.unavailable.unwrap_or(base.unavailable),
+                p50_ms: raw.latency_ms.map_or(base.p50_ms, |l| l.p50),
+                p99_ms: raw.latency_ms.map_or(base.p99_ms, |l| l.p99),
+            },
+            phases: self.phases(&what, &raw.phases),
         }
     }
 
