@@ -159,3 +159,77 @@ fn after_an_abrupt_drop_adaptive_beats_the_learned_baselines() {
     }
     assert!(rate("oracle") - adaptive < 0.5, "{stdout}");
 }
+
+/// The share of `channel` in the row `seconds` of the traffic table that follows `title`.
+fn share_after(stdout: &str, title: &str, seconds: &str, channel: usize) -> f64 {
+    stdout
+        .split(title)
+        .nth(1)
+        .and_then(|table| {
+            table
+                .lines()
+                .map(str::split_whitespace)
+                .find_map(|mut cells| (cells.next() == Some(seconds)).then_some(cells))
+        })
+        .and_then(|mut cells| cells.nth(channel))
+        .and_then(|cell| cell.strip_suffix('%'))
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no {seconds} row after {title:?}:\n{stdout}"))
+}
+
+#[test]
+fn a_drop_in_one_segment_moves_that_segment_only() {
+    let drop = scenarios().join("segment-drop.toml");
+    let (code, stdout, stderr) = simulate(&drop, &["--requests", "120000"]);
+    assert_eq!(code, 0, "{stderr}");
+    let usd = "adaptive, USD card US 411111 payments";
+    let eur = "adaptive, EUR card DE payments";
+    // USD leaves psp_a (column 0) once the drop is seen; EUR stays on it.
+    assert!(share_after(&stdout, usd, "0-30", 0) > 95.0, "{stdout}");
+    assert!(share_after(&stdout, usd, "35-60", 0) < 3.0, "{stdout}");
+    assert!(share_after(&stdout, eur, "35-60", 0) > 97.0, "{stdout}");
+    assert!(
+        stdout.contains("PASS  drop of psp_a in currency=USD at 30 s: the other segments' traffic moved by at most"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = simulate(
+        &scratch_file(
+            "segment-no-keys.toml",
+            &std::fs::read_to_string(&drop)
+                .expect("read segment-drop")
+                .replace(
+                    "[[channels.segments]]\ncurrency = \"USD\"",
+                    "[[channels.segments]]\nsuccess = 0.5",
+                ),
+        ),
+        &["--requests", "100"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("a segment must name currency, method, country or bin"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn seeds_report_medians_then_the_first_seed() {
+    let drop = scenarios().join("abrupt-drop-50.toml");
+    let (code, stdout, stderr) = simulate(&drop, &["--requests", "6000", "--seeds", "3"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("paygate simulate: scenario \"abrupt-drop-50\", seeds 1-3: medians"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("passed in"), "{stdout}");
+    assert!(
+        stdout.contains("seed 1\n"),
+        "the first seed's report follows:\n{stdout}"
+    );
+    assert!(stderr.contains("x 3 seed(s)"), "{stderr}");
+    let (code, _, stderr) = simulate(&drop, &["--requests", "100", "--seeds", "0"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--seeds must be between 1 and 99"),
+        "{stderr}"
+    );
+}

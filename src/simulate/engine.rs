@@ -929,4 +929,43 @@ latency_ms = { p50 = 100, p99 = 300 }
         assert_eq!(tally.latency_percentile(0.99), 20);
         assert_eq!(tally.latency_percentile(1.0), 900);
     }
+
+    #[test]
+    fn drops_are_steps_down_of_a_channel_or_a_segment_and_reactions_are_counted() {
+        let config = Config::parse(Path::new("routes.toml"), ROUTES).unwrap();
+        let text = SCENARIO
+            .replace(
+                "[[channels.phases]]\nfrom_secs = 10\nunavailable = 1.0",
+                "[[channels.segments]]\ncurrency = \"USD\"\n[[channels.segments.phases]]\nfrom_secs = 4\nsuccess = 0.3\n[[channels.phases]]\nfrom_secs = 6\nsuccess = 0.9\n[[channels.phases]]\nfrom_secs = 8\nsuccess = 0.5",
+            )
+            .replace(
+                "amount = { min = 100, max = 5000 }",
+                "amount = { min = 100, max = 5000 }\n[[payments]]\nmerchant = \"shop\"\ncurrency = \"USD\"\nmethod = \"card\"\namount = 100",
+            );
+        let scenario = Scenario::parse(Path::new("s.toml"), &text).unwrap();
+        let world = world(&config, &scenario, 6_000);
+        // 0.95 -> 0.9 is no drop; 0.9 -> 0.5 at 8 s is, for EUR; USD drops at 4 s.
+        let drops = world.drops();
+        assert_eq!(drops.len(), 2, "{drops:?}");
+        assert_eq!(
+            (drops[0].from_us, drops[0].to_us, drops[0].kinds.clone()),
+            (8_000_000, 12_000_000, vec![true, false])
+        );
+        assert_eq!(drops[1].segment.as_deref(), Some("currency=USD"));
+        assert_eq!(
+            (drops[1].from_us, drops[1].kinds.clone()),
+            (4_000_000, vec![false, true])
+        );
+        let tally = run(&world, Strategy::Priority);
+        // Priority sends every payment to a first: all of the first 1,000 it hits, and after.
+        let (_, usd) = &tally.drops[1];
+        assert_eq!(
+            (usd.early, usd.early_to_it),
+            (REACTION_PAYMENTS, REACTION_PAYMENTS)
+        );
+        assert!(usd.early_blind > 0 && usd.early_blind < usd.early);
+        assert_eq!(usd.later_to_it, usd.later);
+        let oracle = run(&world, Strategy::Oracle);
+        assert_eq!(oracle.drops[1].1.early_to_it, 0);
+    }
 }

@@ -783,4 +783,84 @@ unavailable = 0.01
         let err = parse(&GOOD.replace("to_secs = 360", "to_secs = 10")).unwrap_err();
         assert!(err.contains("to_secs must be after from_secs"), "{err}");
     }
+
+    const SEGMENTED: &str = r#"
+name = "segments"
+rate_per_second = 100
+
+[[payments]]
+merchant = "shop"
+currency = "USD"
+method = "card"
+country = "US"
+bin = "41111111"
+amount = 100
+
+[[payments]]
+merchant = "shop"
+currency = "USD"
+method = "card"
+bin = "555555"
+amount = 100
+
+[[payments]]
+merchant = "shop"
+currency = "EUR"
+method = "card"
+amount = 100
+
+[[channels]]
+name = "a"
+success = 0.9
+latency_ms = { p50 = 100, p99 = 400 }
+
+[[channels.segments]]
+bin = "4111"
+country = "US"
+latency_ms = { p50 = 300, p99 = 900 }
+[[channels.segments.phases]]
+from_secs = 10
+success = 0.2
+
+[[channels.segments]]
+currency = "USD"
+success = 0.5
+"#;
+
+    #[test]
+    fn segments_override_the_base_and_follow_their_own_phases() {
+        let scenario = parse(SEGMENTED).unwrap();
+        let a = scenario.channel("a").unwrap();
+        let [visa_us, master_usd, eur] = [0, 1, 2].map(|i| &scenario.payments[i]);
+        let later = 10_000_000;
+        // BIN prefix and country: the channel's success, its own latency, then its phase.
+        assert_eq!(a.at_for(0, visa_us).success, 0.9);
+        assert_eq!(a.at_for(0, visa_us).p50_ms, 300.0);
+        assert!((a.at_for(later, visa_us).success - 0.2).abs() < 1e-9);
+        // The first segment that matches wins: other USD cards meet the second.
+        assert_eq!(a.at_for(later, master_usd).success, 0.5);
+        assert_eq!(a.at_for(later, master_usd).p50_ms, 100.0);
+        // EUR meets the channel itself, and the channel-wide view ignores segments.
+        assert_eq!(a.at_for(later, eur), a.at(later));
+        assert_eq!(a.at(later).success, 0.9);
+    }
+
+    #[test]
+    fn segments_and_bins_are_checked() {
+        let err = parse(&SEGMENTED.replace("bin = \"4111\"\ncountry = \"US\"\n", "")).unwrap_err();
+        assert!(err.contains("a segment must name currency"), "{err}");
+        let err = parse(&SEGMENTED.replace("bin = \"555555\"", "bin = \"55\"")).unwrap_err();
+        assert!(err.contains("bin must be the first 6 to 8 digits"), "{err}");
+        let err = parse(&SEGMENTED.replace("bin = \"555555\"", "bin = \"5555x5\"")).unwrap_err();
+        assert!(err.contains("bin must be digits only"), "{err}");
+        let err = parse(&SEGMENTED.replace("success = 0.5", "success = 5.0")).unwrap_err();
+        assert!(
+            err.contains("segment currency=USD\": success is 5"),
+            "{err}"
+        );
+        let err =
+            parse(&SEGMENTED.replace("currency = \"USD\"\nsuccess", "curency = \"USD\"\nsuccess"))
+                .unwrap_err();
+        assert!(err.contains("curency"), "{err}");
+    }
 }
