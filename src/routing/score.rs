@@ -7,9 +7,10 @@
 //! name in the [`super::Router`], so they outlive a config reload. Must not decide anything:
 //! `routing::decide` reads these and chooses.
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -74,23 +75,56 @@ pub struct Moment {
 
 /// Exponentially forgetting success counts with a change detector. The memory is counted in
 /// outcomes ([`EVIDENCE_MEMORY`]) and fades with the segment's traffic and with time. The
-/// detector keeps the last [`RECENT_OUTCOMES`] outcomes as bits and tests, after each
-/// outcome, whether the last k of them fit the history before them (a generalised likelihood
-/// ratio over several k, as a Bernoulli CUSUM does for an unknown change point); when they do
-/// not, the history is dropped and the evidence restarts from those k outcomes. A collapse is
-/// thus acted on within a few dozen payments at any traffic rate. Estimates are two f32 in one
-/// atomic word, updated by compare-and-swap, so recording takes no lock.
+/// detector keeps the last [`RECENT_OUTCOMES`] outcomes as bits, in the order their calls were
+/// sent, and tests, after each outcome, whether the last k of them fit the history before them
+/// (a generalised likelihood ratio over several k, as a Bernoulli CUSUM does for an unknown
+/// change point); when they do not, the history is dropped and the evidence restarts from
+/// those k outcomes. A collapse is thus acted on within a few dozen payments at any traffic
+/// rate. Send order matters because answers overtake each other: just after a PSP degrades,
+/// most answers that arrive are of calls sent before it did, and in arrival order they would
+/// hide the few fast answers of calls sent after. Estimates are two f32 in one atomic word,
+/// updated by compare-and-swap; only the detector's insertion takes a (per-evidence) lock,
+/// and reading takes none.
 #[derive(Default)]
 pub struct Evidence {
     long: AtomicU64,
-    /// The last outcomes, newest in bit 0 (1 = approved).
-    recent: AtomicU64,
+    recent: Mutex<Recent>,
+    /// A copy of `recent.bits`, for readers.
+    recent_bits: AtomicU64,
     seen: AtomicU64,
     at_ms: AtomicU64,
     at_traffic: AtomicU64,
     /// Times the history was dropped as stale, and the segment traffic at the last one.
     changes: AtomicU64,
     changed_at: AtomicU64,
+}
+
+/// The last outcomes in the order their calls were sent, newest (latest sent) in bit 0
+/// (1 = approved); an answer that comes back late takes its place among the calls sent
+/// before it.
+#[derive(Default)]
+struct Recent {
+    bits: u64,
+    /// Send times in ms, newest first, one per kept outcome.
+    sent: VecDeque<u64>,
+}
+
+impl Recent {
+    /// Inserts one outcome; the bits after it.
+    fn insert(&mut self, sent_ms: u64, success: bool) -> u64 {
+        let later = self.sent.iter().take_while(|&&t| t > sent_ms).count();
+        if later >= RECENT_OUTCOMES as usize {
+            // Older than every outcome kept: history already, not news.
+            return self.bits;
+        }
+        if self.sent.len() >= RECENT_OUTCOMES as usize {
+            self.sent.pop_back();
+        }
+        self.sent.insert(later, sent_ms);
+        let low = (1u64 << later) - 1;
+        self.bits = (self.bits & low) | (u64::from(success) << later) | ((self.bits & !low) << 1);
+        self.bits
+    }
 }
 
 fn pack(estimate: Estimate) -> u64 {
@@ -175,19 +209,18 @@ impl Evidence {
                 < VOLATILE_SPAN
     }
 
-    pub fn observe(&self, now: Moment, success: bool) {
+    /// Folds in the outcome of a call sent at `sent_ms`.
+    pub fn observe(&self, now: Moment, sent_ms: u64, success: bool) {
         let changes = self.changes.load(Ordering::Relaxed);
         let fade = self.fade(now, changes);
         self.at_ms.fetch_max(now.ms, Ordering::AcqRel);
         self.at_traffic.fetch_max(now.traffic, Ordering::AcqRel);
         let long = fold(&self.long, fade * (1.0 - 1.0 / EVIDENCE_MEMORY), success);
-        let bit = u64::from(success);
-        let recent = match self
-            .recent
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                Some((r << 1) | bit)
-            }) {
-            Ok(r) | Err(r) => (r << 1) | bit,
+        let recent = {
+            let mut kept = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let bits = kept.insert(sent_ms, success);
+            self.recent_bits.store(bits, Ordering::Release);
+            bits
         };
         let seen = self.seen.fetch_add(1, Ordering::AcqRel) + 1;
         let (statistic, window) = change_statistic(long, recent, seen);
@@ -210,7 +243,7 @@ impl Evidence {
 
     /// The change detector's state, for `/admin/explain`.
     pub fn detector(&self, now: Moment) -> Detector {
-        let recent = self.recent.load(Ordering::Acquire);
+        let recent = self.recent_bits.load(Ordering::Acquire);
         let seen = self.seen.load(Ordering::Acquire);
         let kept = seen.min(u64::from(RECENT_OUTCOMES)) as u32;
         let mask = if kept == 0 {
@@ -428,10 +461,12 @@ impl ChannelScore {
             ms: now_ms,
             traffic,
         };
-        self.evidence.observe(moment(all), success);
+        // Faults carry no latency: they count as sent now.
+        let sent_ms = now_ms.saturating_sub(latency.map_or(0, |l| l.as_millis() as u64));
+        self.evidence.observe(moment(all), sent_ms, success);
         if let Some(segment) = self.segment(segment) {
             segment.window.add(now_ms, counts);
-            segment.evidence.observe(moment(own), success);
+            segment.evidence.observe(moment(own), sent_ms, success);
         }
         if let Some(latency) = latency {
             self.record_latency(now_ms, latency);
@@ -614,7 +649,7 @@ mod tests {
         let at = |traffic| Moment { ms: 1_000, traffic };
         // A long good run, all in one millisecond: the memory is counted in outcomes.
         for n in 0..10_000 {
-            evidence.observe(at(n), true);
+            evidence.observe(at(n), 1_000, true);
         }
         let before = evidence.read(at(10_000));
         assert!(before.outcomes > 0.6 * EVIDENCE_MEMORY, "{before:?}");
@@ -623,7 +658,7 @@ mod tests {
         // A collapse to 30%: the history is dropped within a few dozen outcomes.
         let mut caught = None;
         for n in 0..64 {
-            evidence.observe(at(10_000 + n), n % 10 < 3);
+            evidence.observe(at(10_000 + n), 1_000, n % 10 < 3);
             if caught.is_none() && evidence.detector(at(10_000 + n)).changes > 0 {
                 caught = Some(n + 1);
             }
@@ -640,11 +675,27 @@ mod tests {
     }
 
     #[test]
+    fn the_detector_orders_outcomes_by_when_their_calls_were_sent() {
+        let mut recent = Recent::default();
+        // Sent at 10, 30, then an answer of a call sent at 20 arrives last.
+        recent.insert(10, true);
+        recent.insert(30, false);
+        assert_eq!(recent.insert(20, true), 0b110);
+        assert_eq!(recent.sent, [30, 20, 10]);
+        // Once 64 are kept, an answer older than all of them is history, not news.
+        for t in 100..164 {
+            recent.insert(t, true);
+        }
+        assert_eq!(recent.insert(5, false), u64::MAX);
+        assert_eq!(recent.sent.len(), RECENT_OUTCOMES as usize);
+    }
+
+    #[test]
     fn a_steady_channel_raises_no_change() {
         let evidence = Evidence::default();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
         for n in 0..100_000 {
-            evidence.observe(Moment { ms: 0, traffic: n }, rng.random_bool(0.92));
+            evidence.observe(Moment { ms: 0, traffic: n }, 0, rng.random_bool(0.92));
         }
         assert_eq!(
             evidence
