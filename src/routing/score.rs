@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use rustc_hash::FxHasher;
+use rustc_hash::{FxBuildHasher, FxHasher};
 
 use super::health::{Cause, Health};
 use super::window::Ring;
@@ -349,42 +349,26 @@ impl Estimate {
 #[derive(Default)]
 pub struct Traffic {
     all: AtomicU64,
-    segments: DashMap<u64, AtomicU64>,
+    segments: DashMap<u64, Arc<AtomicU64>, FxBuildHasher>,
 }
 
 impl Traffic {
-    fn count(&self, segment: u64) -> (u64, u64) {
-        let all = self.all.fetch_add(1, Ordering::AcqRel) + 1;
-        let own = match self.segments.get(&segment) {
-            Some(count) => count.fetch_add(1, Ordering::AcqRel) + 1,
-            None if self.segments.len() < MAX_SEGMENTS => {
-                self.segments
-                    .entry(segment)
-                    .or_default()
-                    .fetch_add(1, Ordering::AcqRel)
-                    + 1
-            }
-            None => 0,
-        };
-        (all, own)
-    }
-
-    fn all(&self) -> u64 {
-        self.all.load(Ordering::Acquire)
-    }
-
-    fn segment(&self, segment: u64) -> u64 {
-        self.segments
-            .get(&segment)
-            .map_or(0, |count| count.load(Ordering::Acquire))
+    /// The counter of segment `key`, shared by every channel's figures of that segment
+    /// (beyond [`MAX_SEGMENTS`], one of its own).
+    fn counter(&self, key: u64) -> Arc<AtomicU64> {
+        if self.segments.len() >= MAX_SEGMENTS && !self.segments.contains_key(&key) {
+            return Arc::default();
+        }
+        self.segments.entry(key).or_default().clone()
     }
 }
 
 /// One segment's figures.
-#[derive(Default)]
 struct Segment {
     window: Ring<WINDOW_SECS>,
     evidence: Evidence,
+    /// Payments of this segment answered by any channel.
+    traffic: Arc<AtomicU64>,
 }
 
 /// What the router reads of a channel for one payment.
@@ -413,7 +397,7 @@ pub fn segment_key(method: &str, currency: &str) -> u64 {
 pub struct ChannelScore {
     overall: Ring<WINDOW_SECS>,
     evidence: Evidence,
-    segments: DashMap<u64, Arc<Segment>>,
+    segments: DashMap<u64, Arc<Segment>, FxBuildHasher>,
     traffic: Arc<Traffic>,
     /// f64 bits of the time-weighted mean latency in ms; 0: never measured. Routing uses
     /// this: with heavy-tailed PSP latencies the peak is noise.
@@ -456,16 +440,17 @@ impl ChannelScore {
         };
         self.overall.add(now_ms, counts);
         let success = observation == Observation::Success;
-        let (all, own) = self.traffic.count(segment);
         let moment = |traffic| Moment {
             ms: now_ms,
             traffic,
         };
         // Faults carry no latency: they count as sent now.
         let sent_ms = now_ms.saturating_sub(latency.map_or(0, |l| l.as_millis() as u64));
+        let all = self.traffic.all.fetch_add(1, Ordering::AcqRel) + 1;
         self.evidence.observe(moment(all), sent_ms, success);
         if let Some(segment) = self.segment(segment) {
             segment.window.add(now_ms, counts);
+            let own = segment.traffic.fetch_add(1, Ordering::AcqRel) + 1;
             segment.evidence.observe(moment(own), sent_ms, success);
         }
         if let Some(latency) = latency {
@@ -487,7 +472,14 @@ impl ChannelScore {
         if self.segments.len() >= MAX_SEGMENTS {
             return None;
         }
-        Some(self.segments.entry(key).or_default().clone())
+        let segment = self.segments.entry(key).or_insert_with(|| {
+            Arc::new(Segment {
+                window: Ring::default(),
+                evidence: Evidence::default(),
+                traffic: self.traffic.counter(key),
+            })
+        });
+        Some(segment.clone())
     }
 
     pub fn overall(&self, now_ms: u64) -> Counts {
@@ -502,7 +494,7 @@ impl ChannelScore {
     fn overall_moment(&self, now_ms: u64) -> Moment {
         Moment {
             ms: now_ms,
-            traffic: self.traffic.all(),
+            traffic: self.traffic.all.load(Ordering::Acquire),
         }
     }
 
@@ -514,7 +506,7 @@ impl ChannelScore {
             if counts.total >= min_samples {
                 let now = Moment {
                     ms: now_ms,
-                    traffic: self.traffic.segment(key),
+                    traffic: segment.traffic.load(Ordering::Acquire),
                 };
                 return Success {
                     counts,
