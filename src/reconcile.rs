@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::gateway::Gateway;
 use crate::store::{Outcome, Payment, PaymentStatus, now_ms};
-use crate::upstream::{Call, CallContext};
+use crate::upstream::{Call, CallContext, Lookup};
 
 /// Deliveries of one webhook at most, 1 s, 2 s, 4 s ... apart.
 const WEBHOOK_TRIES: u32 = 5;
@@ -206,7 +206,7 @@ async fn reconcile_operation(gateway: Arc<Gateway>, payment: Payment, operation_
         request_id: &request_id,
         traceparent: None,
     };
-    let call = crate::api::operation_call(op.kind, psp_reference, op.amount);
+    let call = crate::api::operation_call(op.kind, psp_reference, op.amount, &payment.currency);
     let exchange = client
         .send(&call, &context, Instant::now() + QUERY_TIMEOUT)
         .await;
@@ -266,6 +266,11 @@ async fn query(gateway: &Gateway, payment: &Payment, channel: &str) -> Finding {
         tracing::warn!(payment = %payment.id, %channel, "pending on a channel no longer configured");
         return Finding::NotYet;
     };
+    let settled_after = match client.lookup() {
+        Lookup::ByPaygateId { settled_after } => settled_after,
+        // Only the PSP's webhook can settle it.
+        Lookup::WebhookOnly => return Finding::NotYet,
+    };
     let request_id = format!("rec_{}", ulid::Ulid::generate());
     let context = CallContext {
         paygate_id: &payment.id,
@@ -279,7 +284,12 @@ async fn query(gateway: &Gateway, payment: &Payment, channel: &str) -> Finding {
     let exchange = client
         .send(&call, &context, Instant::now() + QUERY_TIMEOUT)
         .await;
+    // A PSP whose search lags proves "never received" only once it has caught up.
+    let caught_up = payment
+        .in_doubt_until_ms
+        .is_none_or(|until| now_ms() >= until.saturating_add(settled_after.as_millis() as u64));
     let (result, finding) = match exchange.outcome {
+        _ if exchange.unknown_to_psp && !caught_up => ("not_found_yet", Finding::NotYet),
         _ if exchange.unknown_to_psp => (
             "never_received",
             Finding::Final {

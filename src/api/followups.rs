@@ -32,6 +32,7 @@ pub(crate) struct Answer<'a> {
 /// What was reserved for one capture or refund.
 struct Reservation {
     amount: u64,
+    currency: String,
     channel: String,
     psp_reference: String,
 }
@@ -93,7 +94,12 @@ pub async fn follow_up(
     let client = snapshot.client(&reservation.channel);
     let exchange = match client {
         Some(client) => {
-            let call = operation_call(kind, &reservation.psp_reference, reservation.amount);
+            let call = operation_call(
+                kind,
+                &reservation.psp_reference,
+                reservation.amount,
+                &reservation.currency,
+            );
             let context = CallContext {
                 paygate_id: id,
                 idempotency_key: &operation_id,
@@ -154,15 +160,22 @@ fn kind_name(kind: FollowUpKind) -> &'static str {
 }
 
 /// The call that carries out (or, re-sent with the same key, replays) an operation.
-pub fn operation_call(kind: FollowUpKind, psp_reference: &str, amount: u64) -> Call<'_> {
+pub fn operation_call<'a>(
+    kind: FollowUpKind,
+    psp_reference: &'a str,
+    amount: u64,
+    currency: &'a str,
+) -> Call<'a> {
     match kind {
         FollowUpKind::Capture => Call::Capture {
             psp_reference,
             amount,
+            currency,
         },
         FollowUpKind::Refund => Call::Refund {
             psp_reference,
             amount,
+            currency,
         },
     }
 }
@@ -260,6 +273,7 @@ fn reserve(
     }
     let reservation = Reservation {
         amount,
+        currency: payment.currency.clone(),
         channel: channel.clone(),
         psp_reference: psp_reference.clone(),
     };

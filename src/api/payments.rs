@@ -176,6 +176,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             latency_ms: exchange.latency.as_millis() as u64,
             psp_reference: exchange.psp_reference.clone(),
             decline_code: exchange.decline_code.clone(),
+            psp_code: exchange.psp_code.clone(),
             at_ms: now_ms(),
         };
         let retryable_decline = exchange.outcome == Outcome::Declined

@@ -422,15 +422,37 @@ impl Merchant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     PaygateV1,
+    /// Stripe's PaymentIntents API.
+    Stripe,
+    /// Adyen's Checkout API v72.
+    Adyen,
 }
 
 impl Protocol {
+    pub const NAMES: &[&str] = &["paygate-v1", "stripe", "adyen"];
+
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "paygate-v1" => Some(Self::PaygateV1),
+            "stripe" => Some(Self::Stripe),
+            "adyen" => Some(Self::Adyen),
             _ => None,
         }
     }
+}
+
+/// What a real PSP dialect needs beyond the URL: credentials (from the environment), the
+/// account, the API version and the webhook secret.
+#[derive(Debug, Clone, Default)]
+pub struct PspAccount {
+    /// Stripe: the secret key (`Authorization: Bearer`); Adyen: `X-API-Key`.
+    pub api_key: Option<Secret>,
+    /// Stripe: `Stripe-Version`.
+    pub api_version: Option<String>,
+    /// Adyen: `merchantAccount`.
+    pub merchant_account: Option<String>,
+    /// Stripe: the endpoint's `whsec_...` secret; Adyen: the HMAC key (hex).
+    pub webhook_secret: Option<Secret>,
 }
 
 /// Where a channel's PSP is.
@@ -485,7 +507,12 @@ pub struct Channel {
     pub max_amount: u64,
     pub fee: Fee,
     pub rate_limit: Option<RateLimit>,
+    /// Normalized decline codes tried on another channel; unset in the file: the dialect's
+    /// soft codes (none for `paygate-v1`).
     pub retryable_codes: Vec<String>,
+    /// (PSP code, normalized code) pairs over the dialect's shipped table.
+    pub decline_codes: Vec<(String, String)>,
+    pub account: PspAccount,
     pub weight: u32,
     /// Calls in flight at most; a channel at its cap is skipped, like one at its rate limit.
     pub max_in_flight: Option<usize>,

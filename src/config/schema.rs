@@ -191,8 +191,18 @@ pub struct RawChannel {
     pub max_amount: Option<Spanned<u64>>,
     pub fee: Option<Spanned<RawFee>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub retryable_codes: Option<Vec<String>>,
+    /// PSP code -> normalized code, over the dialect's shipped table.
     #[serde(default)]
-    pub retryable_codes: Vec<String>,
+    pub decline_codes: BTreeMap<String, Spanned<String>>,
+    /// `"env:NAME"`: the PSP's API key (Stripe, Adyen).
+    pub api_key: Option<Spanned<String>>,
+    /// Stripe's `Stripe-Version`.
+    pub api_version: Option<Spanned<String>>,
+    /// Adyen's `merchantAccount`.
+    pub merchant_account: Option<Spanned<String>>,
+    /// `"env:NAME"`: the secret that signs the PSP's webhooks.
+    pub webhook_secret: Option<Spanned<String>>,
     pub weight: Option<u32>,
     pub max_in_flight: Option<u64>,
     pub tls: Option<Spanned<RawChannelTls>>,

@@ -851,6 +851,81 @@ impl<'a> Checker<'a> {
         headers
     }
 
+    /// The keys a real PSP dialect needs, each where it is required.
+    fn psp_account(
+        &mut self,
+        c: &RawChannel,
+        protocol: Protocol,
+        span: &std::ops::Range<usize>,
+    ) -> PspAccount {
+        let name = c.name.get_ref();
+        let api_key = match (&c.api_key, protocol) {
+            (Some(key), _) => self.secret(key, &format!("api_key of channel {name:?}")),
+            (None, Protocol::PaygateV1) => None,
+            (None, _) => {
+                self.problem(
+                    span,
+                    format!(
+                        "channel {name:?} speaks a PSP's dialect: set api_key = \"env:VARIABLE\""
+                    ),
+                );
+                None
+            }
+        };
+        let merchant_account = c.merchant_account.as_ref().map(|m| m.get_ref().clone());
+        if protocol == Protocol::Adyen && merchant_account.as_deref().is_none_or(str::is_empty) {
+            self.problem(
+                span,
+                format!("channel {name:?} speaks adyen: set merchant_account (the Adyen merchant account's name)"),
+            );
+        }
+        let webhook_secret = c
+            .webhook_secret
+            .as_ref()
+            .and_then(|s| self.secret(s, &format!("webhook_secret of channel {name:?}")));
+        if protocol == Protocol::Adyen
+            && let (Some(secret), Some(raw)) = (&webhook_secret, &c.webhook_secret)
+            && hex::decode(&secret.0).is_err()
+        {
+            self.problem(
+                &raw.span(),
+                format!("webhook_secret of channel {name:?}: an Adyen HMAC key is hexadecimal"),
+            );
+        }
+        PspAccount {
+            api_key,
+            api_version: c.api_version.as_ref().map(|v| v.get_ref().clone()),
+            merchant_account,
+            webhook_secret,
+        }
+    }
+
+    fn decline_codes(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, Spanned<String>>,
+    ) -> Vec<(String, String)> {
+        let mut codes = Vec::with_capacity(raw.len());
+        for (psp_code, code) in raw {
+            if crate::upstream::declines::is_normalized(code.get_ref()) {
+                codes.push((psp_code.clone(), code.get_ref().clone()));
+            } else {
+                let known: Vec<&str> = crate::upstream::declines::NORMALIZED
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect();
+                self.problem(
+                    &code.span(),
+                    format!(
+                        "decline code {:?} is not one of paygate's normalized codes: {}",
+                        code.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        codes
+    }
+
     fn channel_tls(&mut self, raw: Option<&Spanned<RawChannelTls>>) -> ChannelTls {
         let Some(raw) = raw else {
             return ChannelTls::default();
@@ -908,13 +983,16 @@ impl<'a> Checker<'a> {
                     self.problem(
                         &p.span(),
                         format!(
-                            "unknown protocol {:?}: the supported one is \"paygate-v1\"",
-                            p.get_ref()
+                            "unknown protocol {:?}: the supported ones are {}",
+                            p.get_ref(),
+                            Protocol::NAMES.join(", ")
                         ),
                     );
                     Protocol::PaygateV1
                 }),
             };
+            let account = self.psp_account(c, protocol, &channel.span());
+            let decline_codes = self.decline_codes(&c.decline_codes);
             let headers = self.headers(&c.headers, &name);
             let timeout = self.positive(
                 c.timeout_ms.as_ref(),
@@ -960,7 +1038,12 @@ impl<'a> Checker<'a> {
                 max_amount,
                 fee,
                 rate_limit,
-                retryable_codes: c.retryable_codes.clone(),
+                retryable_codes: c
+                    .retryable_codes
+                    .clone()
+                    .unwrap_or_else(|| crate::upstream::declines::soft_codes(protocol)),
+                decline_codes,
+                account,
                 weight: c.weight.unwrap_or(1),
                 max_in_flight: c
                     .max_in_flight

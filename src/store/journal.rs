@@ -717,6 +717,7 @@ mod tests {
                 latency_ms: 42,
                 psp_reference: Some("a-1".into()),
                 decline_code: None,
+                psp_code: None,
                 at_ms: 2_000,
             });
         });

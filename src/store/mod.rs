@@ -65,8 +65,12 @@ pub struct Attempt {
     pub latency_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psp_reference: Option<String>,
+    /// Normalized (see `upstream::declines`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decline_code: Option<String>,
+    /// The PSP's own decline code, when it differs from the normalized one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psp_code: Option<String>,
     /// When the attempt ended, ms since the Unix epoch.
     #[serde(default)]
     pub at_ms: u64,

@@ -9,7 +9,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{Call, CallContext, ProtocolError, PspProtocol, Reply};
+use super::protocol::{Call, CallContext, ProtocolError, PspProtocol, Reply, Step};
 
 pub struct PaygateV1;
 
@@ -32,6 +32,7 @@ impl PspProtocol for PaygateV1 {
         base: &str,
         call: &Call<'_>,
         context: &CallContext<'_>,
+        _step: &Step,
     ) -> Result<Request<Full<Bytes>>, ProtocolError> {
         let paygate_id = context.paygate_id;
         let (method, path, body) = match *call {
@@ -43,6 +44,7 @@ impl PspProtocol for PaygateV1 {
             Call::Capture {
                 psp_reference,
                 amount,
+                ..
             } => (
                 Method::POST,
                 format!("/payments/{}/capture", path_segment(psp_reference)?),
@@ -51,6 +53,7 @@ impl PspProtocol for PaygateV1 {
             Call::Refund {
                 psp_reference,
                 amount,
+                ..
             } => (
                 Method::POST,
                 format!("/payments/{}/refunds", path_segment(psp_reference)?),
@@ -88,7 +91,7 @@ impl PspProtocol for PaygateV1 {
             .map_err(|e| ProtocolError(e.to_string()))
     }
 
-    fn reply(&self, call: &Call<'_>, status: StatusCode, body: &[u8]) -> Reply {
+    fn reply(&self, call: &Call<'_>, _step: &Step, status: StatusCode, body: &[u8]) -> Reply {
         let lookup = matches!(
             call,
             Call::Status {
@@ -133,7 +136,7 @@ impl PspProtocol for PaygateV1 {
 }
 
 /// A PSP reference goes into a URL path: refuse anything that could change the path.
-fn path_segment(reference: &str) -> Result<&str, ProtocolError> {
+pub(super) fn path_segment(reference: &str) -> Result<&str, ProtocolError> {
     let safe = !reference.is_empty()
         && reference
             .bytes()
@@ -161,7 +164,7 @@ mod tests {
             psp_reference: None,
         };
         assert_eq!(
-            PaygateV1.reply(&lookup, StatusCode::NOT_FOUND, b"{}"),
+            PaygateV1.reply(&lookup, &Step::First, StatusCode::NOT_FOUND, b"{}"),
             Reply::Unknown
         );
         let context = CallContext {
@@ -170,10 +173,12 @@ mod tests {
             request_id: "r",
             traceparent: None,
         };
-        let request = PaygateV1.request("http://psp", &lookup, &context).unwrap();
+        let request = PaygateV1
+            .request("http://psp", &lookup, &context, &Step::First)
+            .unwrap();
         assert_eq!(request.uri(), "http://psp/payments/by-paygate-id/pay_1");
         assert!(matches!(
-            PaygateV1.reply(&STATUS, StatusCode::NOT_FOUND, b"{}"),
+            PaygateV1.reply(&STATUS, &Step::First, StatusCode::NOT_FOUND, b"{}"),
             Reply::Error { .. }
         ));
     }
@@ -182,24 +187,30 @@ mod tests {
     fn classifies_answers() {
         let p = PaygateV1;
         assert!(matches!(
-            p.reply(&STATUS, StatusCode::SERVICE_UNAVAILABLE, b""),
+            p.reply(&STATUS, &Step::First, StatusCode::SERVICE_UNAVAILABLE, b""),
             Reply::Unavailable { .. }
         ));
         assert!(matches!(
-            p.reply(&STATUS, StatusCode::TOO_MANY_REQUESTS, b""),
+            p.reply(&STATUS, &Step::First, StatusCode::TOO_MANY_REQUESTS, b""),
             Reply::Unavailable { .. }
         ));
         assert!(matches!(
-            p.reply(&STATUS, StatusCode::INTERNAL_SERVER_ERROR, b"{}"),
+            p.reply(
+                &STATUS,
+                &Step::First,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                b"{}"
+            ),
             Reply::Error { .. }
         ));
         assert!(matches!(
-            p.reply(&STATUS, StatusCode::OK, b"<html>"),
+            p.reply(&STATUS, &Step::First, StatusCode::OK, b"<html>"),
             Reply::Error { .. }
         ));
         assert_eq!(
             p.reply(
                 &STATUS,
+                &Step::First,
                 StatusCode::OK,
                 br#"{"status":"succeeded","psp_reference":"a-1"}"#
             ),
@@ -210,6 +221,7 @@ mod tests {
         assert_eq!(
             p.reply(
                 &STATUS,
+                &Step::First,
                 StatusCode::NOT_FOUND,
                 br#"{"status":"declined","psp_reference":"x","decline_code":"unknown_payment"}"#
             ),
@@ -235,6 +247,7 @@ mod tests {
                 "http://psp",
                 &Call::Authorize { payment: &payment },
                 &context,
+                &Step::First,
             )
             .unwrap();
         assert_eq!(request.uri(), "http://psp/payments");
@@ -256,7 +269,11 @@ mod tests {
         let call = Call::Status {
             psp_reference: Some("../admin"),
         };
-        assert!(PaygateV1.request("http://psp", &call, &context).is_err());
+        assert!(
+            PaygateV1
+                .request("http://psp", &call, &context, &Step::First)
+                .is_err()
+        );
     }
 
     fn futures_body(body: Full<Bytes>) -> Bytes {

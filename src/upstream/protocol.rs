@@ -2,7 +2,9 @@
 //! how the PSP's answer becomes a [`Reply`].
 //!
 //! A dialect is one implementation of [`PspProtocol`] in its own file; adding a PSP never
-//! touches the client, the handlers or routing. A dialect performs no I/O.
+//! touches the client, the handlers or routing. A dialect performs no I/O: a call that takes
+//! the PSP several requests (Stripe's PaymentMethod, then its PaymentIntent) is a chain of
+//! [`Step`]s that the client walks, each answer naming the next step.
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
@@ -14,23 +16,21 @@ use crate::payload::PaymentBody;
 #[derive(Debug, Clone, Copy)]
 pub enum Call<'a> {
     /// A new payment: the merchant's body, passed through with unknown fields.
-    Authorize {
-        payment: &'a PaymentBody<'a>,
-    },
+    Authorize { payment: &'a PaymentBody<'a> },
     Capture {
         psp_reference: &'a str,
         amount: u64,
+        currency: &'a str,
     },
     Refund {
         psp_reference: &'a str,
         amount: u64,
+        currency: &'a str,
     },
     /// The current status of a payment (reconciliation): by the PSP's reference when an
     /// answer gave one, otherwise by the `paygate_id` of the [`CallContext`] (the payment's
     /// answer never arrived). Each dialect finds a payment its own way.
-    Status {
-        psp_reference: Option<&'a str>,
-    },
+    Status { psp_reference: Option<&'a str> },
 }
 
 /// Identifiers that travel with every call.
@@ -50,6 +50,8 @@ pub enum Reply {
     Succeeded {
         psp_reference: String,
     },
+    /// `code` is the PSP's own (raw) code; the client normalizes it with the channel's
+    /// decline table.
     Declined {
         psp_reference: Option<String>,
         code: String,
@@ -57,6 +59,9 @@ pub enum Reply {
     Pending {
         psp_reference: Option<String>,
     },
+    /// This step is done and moved no money yet; the call goes on with the next request,
+    /// built from what this answer gave (Stripe: the PaymentMethod's id).
+    Then(String),
     /// The PSP surely did not process the call (503, 429): another channel may be tried.
     Unavailable {
         reason: String,
@@ -74,15 +79,55 @@ pub enum Reply {
 #[error("cannot build the PSP request: {0}")]
 pub struct ProtocolError(pub String);
 
+/// Where a call stands: its first request, or a later one carrying what the previous answer
+/// gave ([`Reply::Then`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    First,
+    Then(String),
+}
+
+/// How a payment whose answer never arrived is found again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// [`Call::Status`] without a reference finds it by its `paygate_id`; "no such payment"
+    /// proves it was never received once this long has passed since the attempt's own
+    /// timeout (a PSP whose search index lags needs a while to be sure).
+    ByPaygateId { settled_after: std::time::Duration },
+    /// The PSP has no lookup: only its webhook (or a re-send with the same key while the
+    /// payment's data is still in memory) settles the payment.
+    WebhookOnly,
+}
+
 pub trait PspProtocol: Send + Sync + 'static {
-    /// The request for `call` against the channel's base URL (no trailing slash).
+    /// The request for `step` of `call` against the channel's base URL (no trailing slash).
     fn request(
         &self,
         base: &str,
         call: &Call<'_>,
         context: &CallContext<'_>,
+        step: &Step,
     ) -> Result<Request<Full<Bytes>>, ProtocolError>;
 
-    /// Reads the PSP's answer to `call`.
-    fn reply(&self, call: &Call<'_>, status: StatusCode, body: &[u8]) -> Reply;
+    /// Reads the PSP's answer to `step` of `call`.
+    fn reply(&self, call: &Call<'_>, step: &Step, status: StatusCode, body: &[u8]) -> Reply;
+
+    /// Whether a lost answer to this step may have moved money. A step that cannot (Stripe's
+    /// PaymentMethod) fails as unavailable, and the payment may go to another channel.
+    fn may_move_money(&self, _call: &Call<'_>, _step: &Step) -> bool {
+        true
+    }
+
+    /// Whether the PSP replays the first outcome of a request re-sent with the same
+    /// `Idempotency-Key`: then a call whose answer was lost or a fault is sent once more to
+    /// the same channel before the payment is left in doubt.
+    fn replays_by_key(&self) -> bool {
+        false
+    }
+
+    fn lookup(&self) -> Lookup {
+        Lookup::ByPaygateId {
+            settled_after: std::time::Duration::ZERO,
+        }
+    }
 }

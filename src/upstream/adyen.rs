@@ -1,0 +1,278 @@
+//! Dialect `adyen`: Adyen's Checkout API v72, JSON, `X-API-Key` with the channel's
+//! `api_key`, `merchantAccount` from its `merchant_account`.
+//!
+//! - Authorize: `POST /payments` with `reference` = the paygate id, the card as a `scheme`
+//!   payment method (or the merchant's own `payment_method` object passed through), and
+//!   `additionalData.manualCapture` unless the merchant asked for capture. `Authorised` is
+//!   success; `Refused` a decline with `refusalReasonCode` (normalized by the channel's
+//!   table); `Received`, `Pending` and the shopper actions (3-D Secure) are pending.
+//! - Capture, refund: `POST /payments/{pspReference}/captures` or `/refunds` with
+//!   `reference` = the operation id; Adyen answers `received` and settles by webhook.
+//! - The API has no payment lookup: a payment in doubt is settled by a re-send with the same
+//!   `Idempotency-Key` (Adyen replays the first outcome) while its request is alive, or by
+//!   the AUTHORISATION webhook.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::card::Order;
+use super::paygate_v1::path_segment;
+use super::protocol::{Call, CallContext, Lookup, ProtocolError, PspProtocol, Reply, Step};
+use crate::config::Channel;
+
+/// Adyen refuses longer idempotency keys.
+const MAX_KEY_LEN: usize = 64;
+
+pub struct Adyen {
+    api_key: Option<HeaderValue>,
+    merchant_account: String,
+}
+
+impl Adyen {
+    pub fn new(channel: &Channel) -> Self {
+        let api_key = channel.account.api_key.as_ref().and_then(|key| {
+            let mut value = HeaderValue::from_bytes(&key.0).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
+        Self {
+            api_key,
+            merchant_account: channel.account.merchant_account.clone().unwrap_or_default(),
+        }
+    }
+
+    fn payment(&self, order: &Order<'_>, paygate_id: &str) -> Result<Value, ProtocolError> {
+        let payment_method = match order.payment_method {
+            Some(raw) => serde_json::from_str::<Value>(raw.get())
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    ProtocolError("payment_method must be an Adyen paymentMethod object".into())
+                })?,
+            None => {
+                let card = order.card()?;
+                let mut method = json!({
+                    "type": "scheme",
+                    "number": card.number,
+                    "expiryMonth": format!("{:02}", card.exp_month),
+                    "expiryYear": card.exp_year.to_string(),
+                });
+                if let Some(cvc) = &card.cvc {
+                    method["cvc"] = json!(cvc);
+                }
+                if let Some(name) = &card.holder_name {
+                    method["holderName"] = json!(name);
+                }
+                method
+            }
+        };
+        let mut body = json!({
+            "amount": { "value": order.amount, "currency": order.currency },
+            "merchantAccount": self.merchant_account,
+            "reference": paygate_id,
+            "paymentMethod": payment_method,
+        });
+        if order.capture {
+            body["captureDelayHours"] = json!(0);
+        } else {
+            body["additionalData"] = json!({ "manualCapture": "true" });
+        }
+        if let Some(country) = &order.country {
+            body["countryCode"] = json!(country);
+        }
+        if !order.metadata.is_empty() {
+            let metadata: Map<String, Value> = order
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            body["metadata"] = Value::Object(metadata);
+        }
+        Ok(body)
+    }
+
+    fn modification(&self, amount: u64, currency: &str, operation_id: &str) -> Value {
+        json!({
+            "merchantAccount": self.merchant_account,
+            "amount": { "value": amount, "currency": currency },
+            "reference": operation_id,
+        })
+    }
+}
+
+/// The key as Adyen takes it: at most 64 characters (a longer one is hashed, stably).
+fn idempotency_key(key: &str) -> String {
+    if key.len() <= MAX_KEY_LEN {
+        key.to_string()
+    } else {
+        hex::encode(Sha256::digest(key.as_bytes()))
+    }
+}
+
+impl PspProtocol for Adyen {
+    fn request(
+        &self,
+        base: &str,
+        call: &Call<'_>,
+        context: &CallContext<'_>,
+        _step: &Step,
+    ) -> Result<Request<Full<Bytes>>, ProtocolError> {
+        let (path, body) = match *call {
+            Call::Authorize { payment } => (
+                "/payments".to_string(),
+                self.payment(&Order::read(payment)?, context.paygate_id)?,
+            ),
+            Call::Capture {
+                psp_reference,
+                amount,
+                currency,
+            } => (
+                format!("/payments/{}/captures", path_segment(psp_reference)?),
+                self.modification(amount, currency, context.idempotency_key),
+            ),
+            Call::Refund {
+                psp_reference,
+                amount,
+                currency,
+            } => (
+                format!("/payments/{}/refunds", path_segment(psp_reference)?),
+                self.modification(amount, currency, context.idempotency_key),
+            ),
+            Call::Status { .. } => {
+                return Err(ProtocolError(
+                    "Adyen's Checkout API has no payment lookup; its webhook settles the payment"
+                        .into(),
+                ));
+            }
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| ProtocolError(e.to_string()))?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{base}{path}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", idempotency_key(context.idempotency_key))
+            .header("x-request-id", context.request_id);
+        if let Some(api_key) = &self.api_key {
+            request = request.header("x-api-key", api_key.clone());
+        }
+        request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ProtocolError(e.to_string()))
+    }
+
+    fn reply(&self, call: &Call<'_>, _step: &Step, status: StatusCode, body: &[u8]) -> Reply {
+        let answered = |what: &str| format!("Adyen answered {} {what}", status.as_u16());
+        match status.as_u16() {
+            200 | 201 => {}
+            401 | 403 => {
+                return Reply::Unavailable {
+                    reason: answered("(credentials refused)"),
+                };
+            }
+            429 => {
+                return Reply::Unavailable {
+                    reason: answered("(rate limited)"),
+                };
+            }
+            400 | 422 => {
+                let error = serde_json::from_slice::<ServiceError>(body).unwrap_or_default();
+                let code = error.error_code.unwrap_or_else(|| "validation".into());
+                // 704: the key's first request is still in progress or was processed.
+                if code == "704" {
+                    return Reply::Error {
+                        reason: answered("704 (the idempotency key is in use)"),
+                    };
+                }
+                return match call {
+                    Call::Authorize { .. } => Reply::Unavailable {
+                        reason: answered(&format!("error code {code} (refused unprocessed)")),
+                    },
+                    _ => Reply::Declined {
+                        psp_reference: None,
+                        code,
+                    },
+                };
+            }
+            _ => {
+                return Reply::Error {
+                    reason: answered("(a fault)"),
+                };
+            }
+        }
+        let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
+            return Reply::Error {
+                reason: answered("with a body that is not an Adyen answer"),
+            };
+        };
+        match call {
+            Call::Authorize { .. } => answer.payment(),
+            _ => match (answer.status.as_deref(), answer.psp_reference) {
+                (Some("received"), psp_reference) => Reply::Pending { psp_reference },
+                (other, _) => Reply::Error {
+                    reason: answered(&format!("with modification status {other:?}")),
+                },
+            },
+        }
+    }
+
+    fn replays_by_key(&self) -> bool {
+        true
+    }
+
+    fn lookup(&self) -> Lookup {
+        Lookup::WebhookOnly
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ServiceError {
+    error_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Answer {
+    psp_reference: Option<String>,
+    result_code: Option<String>,
+    refusal_reason: Option<String>,
+    refusal_reason_code: Option<String>,
+    /// Modifications: `received`.
+    status: Option<String>,
+}
+
+impl Answer {
+    fn payment(self) -> Reply {
+        let reference = self.psp_reference;
+        match (self.result_code.as_deref(), reference) {
+            (Some("Authorised"), Some(psp_reference)) => Reply::Succeeded { psp_reference },
+            (Some("Refused" | "Cancelled"), psp_reference) => Reply::Declined {
+                psp_reference,
+                code: self
+                    .refusal_reason_code
+                    .or(self.refusal_reason)
+                    .unwrap_or_else(|| "Refused".into()),
+            },
+            (
+                Some(
+                    "Received"
+                    | "Pending"
+                    | "PresentToShopper"
+                    | "RedirectShopper"
+                    | "IdentifyShopper"
+                    | "ChallengeShopper"
+                    | "AuthenticationFinished"
+                    | "AuthenticationNotRequired",
+                ),
+                psp_reference,
+            ) => Reply::Pending { psp_reference },
+            (other, _) => Reply::Error {
+                reason: format!("Adyen answered resultCode {other:?}"),
+            },
+        }
+    }
+}
