@@ -8,8 +8,9 @@
 //! and its attempts in `store` (the SQLite journal). `config` loads and checks routes.toml
 //! into an immutable snapshot held by `gateway`, which also reloads it, drains channels and
 //! writes the `audit` trail; `metrics` exports it all; `reconcile` settles pending payments;
-//! `server` owns the listeners. `sim` is the PSP simulator, `simulate` replays routing on a
-//! virtual clock, and `report` writes the daily operations report from the journal.
+//! `psp_events` checks and parses the webhooks PSPs send; `server` owns the listeners. `sim`
+//! is the PSP simulator, `simulate` replays routing on a virtual clock, and `report` writes
+//! the daily operations report from the journal.
 
 pub mod api;
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod layers;
 pub mod limits;
 pub mod metrics;
 pub mod payload;
+pub mod psp_events;
 pub mod reconcile;
 pub mod report;
 pub mod risk;
