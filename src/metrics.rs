@@ -25,11 +25,12 @@ const LATENCY_BUCKETS: [f64; 17] = [
 ];
 
 /// The route templates of the merchant API, as the `route` label.
-pub const ROUTES: [&str; 5] = [
+pub const ROUTES: [&str; 6] = [
     "/v1/payments",
     "/v1/payments/{id}",
     "/v1/payments/{id}/capture",
     "/v1/payments/{id}/refunds",
+    "/v1/psp/{channel}/webhooks",
     "other",
 ];
 
@@ -84,6 +85,7 @@ pub struct Metrics {
     ejections: IntCounterVec,
     resends: IntCounterVec,
     reconciliations: IntCounterVec,
+    psp_webhook_events: IntCounterVec,
     pub idempotency_keys: IntGauge,
     open_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
@@ -341,6 +343,12 @@ impl Metrics {
                 "Status queries for payments in doubt, by what they found (succeeded, declined, never_received, pending, error).",
                 &["channel", "result"],
             ),
+            psp_webhook_events: counter_vec(
+                r,
+                "paygate_psp_webhook_events_total",
+                "Events of verified PSP webhooks, by whether they settled something in doubt (settled) or changed nothing (unchanged: a repeat, not final, or not paygate's).",
+                &["channel", "result"],
+            ),
             idempotency_keys: {
                 let g = IntGauge::new("paygate_idempotency_keys", "Idempotency records held.")
                     .unwrap_or_else(|e| panic!("{e}"));
@@ -431,6 +439,15 @@ impl Metrics {
             .inc();
     }
 
+    /// The events of one verified PSP webhook.
+    pub fn psp_webhook(&self, channel: &str, settled: usize, unchanged: usize) {
+        for (result, n) in [("settled", settled), ("unchanged", unchanged)] {
+            self.psp_webhook_events
+                .with_label_values(&[channel, result])
+                .inc_by(n as u64);
+        }
+    }
+
     /// The connection figures of the listener called `name`.
     pub fn listener(&self, name: &str) -> ListenerMetrics {
         ListenerMetrics {
@@ -515,8 +532,11 @@ fn status_label(status: PaymentStatus) -> &'static str {
 
 /// The route template index of a merchant API path.
 pub fn route_of(path: &str) -> usize {
-    let Some(rest) = path.strip_prefix("/v1/payments") else {
+    if crate::api::psp_webhook_channel(path).is_some() {
         return 4;
+    }
+    let Some(rest) = path.strip_prefix("/v1/payments") else {
+        return 5;
     };
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match (rest.is_empty(), segments.as_slice()) {
@@ -524,7 +544,7 @@ pub fn route_of(path: &str) -> usize {
         (false, [id]) if !id.is_empty() => 1,
         (false, [_, "capture"]) => 2,
         (false, [_, "refunds"]) => 3,
-        _ => 4,
+        _ => 5,
     }
 }
 
@@ -595,6 +615,11 @@ mod tests {
             ROUTES[route_of("/v1/payments/pay_9/refunds")],
             "/v1/payments/{id}/refunds"
         );
+        assert_eq!(
+            ROUTES[route_of("/v1/psp/stripe_eu/webhooks")],
+            "/v1/psp/{channel}/webhooks"
+        );
+        assert_eq!(ROUTES[route_of("/v1/psp/a/b/webhooks")], "other");
         assert_eq!(ROUTES[route_of("/v1/other")], "other");
     }
 }

@@ -325,7 +325,7 @@ async fn query(gateway: &Gateway, payment: &Payment, channel: &str) -> Finding {
 }
 
 /// POSTs the final status to the merchant's webhook, in the background, with retries.
-fn notify_merchant(gateway: &Arc<Gateway>, payment: Payment) {
+pub(crate) fn notify_merchant(gateway: &Arc<Gateway>, payment: Payment) {
     let snapshot = gateway.snapshot();
     let Some(merchant) = snapshot.config.merchant(&payment.merchant) else {
         return;

@@ -8,6 +8,7 @@ pub mod admin;
 mod error;
 mod followups;
 mod payments;
+mod psp_webhooks;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,6 +86,13 @@ async fn handle(
     request: Request<Bytes>,
     request_id: Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(channel) = psp_webhook_channel(request.uri().path()) {
+        if request.method() != Method::POST {
+            return Err(ApiError::MethodNotAllowed { allow: "POST" });
+        }
+        let channel = channel.to_string();
+        return psp_webhooks::receive(&gateway, &channel, request.headers(), request.body()).await;
+    }
     let route = route(request.method(), request.uri().path())?;
     let deadline = match request.extensions().get::<Deadline>() {
         Some(deadline) => deadline.0,
@@ -109,6 +117,13 @@ async fn handle(
         Route::GetPayment(id) => payments::get(&scope, &id),
         Route::FollowUp(id, kind) => followups::follow_up(&scope, &id, kind, &body).await,
     }
+}
+
+/// The channel of `/v1/psp/{channel}/webhooks`, the one merchant-listener path that PSPs call
+/// (authenticated by the PSP's signature, not a merchant key).
+pub fn psp_webhook_channel(path: &str) -> Option<&str> {
+    let channel = path.strip_prefix("/v1/psp/")?.strip_suffix("/webhooks")?;
+    (!channel.is_empty() && !channel.contains('/')).then_some(channel)
 }
 
 fn route(method: &Method, path: &str) -> Result<Route, ApiError> {

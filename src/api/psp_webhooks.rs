@@ -1,0 +1,177 @@
+//! `POST /v1/psp/{channel}/webhooks`: a PSP's own notifications (Stripe events, Adyen
+//! notifications), verified with the channel's `webhook_secret`, settle what is in doubt on
+//! that channel: a pending payment, a pending capture or refund.
+//!
+//! Owns only the settling: verification and parsing are `psp_events`', and nothing here
+//! routes or calls a PSP. A notification only ever moves something out of `pending`, so the
+//! same event twice (PSPs deliver at least once) changes nothing the second time, and an
+//! event about another channel's payment is ignored. Unsigned or badly signed: 401 and
+//! nothing changes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use super::ApiError;
+use crate::config::{Channel, Protocol};
+use crate::gateway::Gateway;
+use crate::layers::HttpResponse;
+use crate::psp_events::{self, Dialect, EventKind, EventResult, PspEvent, WebhookError};
+use crate::store::{Payment, PaymentStatus};
+use crate::upstream::declines::DeclineTable;
+
+/// What became of the events of one notification, for the log and the answer.
+#[derive(Debug, Default, serde::Serialize)]
+struct Tally {
+    settled: usize,
+    unchanged: usize,
+}
+
+pub async fn receive(
+    gateway: &Arc<Gateway>,
+    channel_name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let snapshot = gateway.snapshot();
+    let not_found = || ApiError::NotFound(format!("no PSP webhook endpoint for {channel_name}"));
+    let channel = snapshot
+        .config
+        .channel_by_name(channel_name)
+        .ok_or_else(not_found)?;
+    let dialect = match channel.protocol {
+        Protocol::Stripe => Dialect::Stripe,
+        Protocol::Adyen => Dialect::Adyen,
+        Protocol::PaygateV1 => return Err(not_found()),
+    };
+    let secret = channel
+        .account
+        .webhook_secret
+        .as_ref()
+        .ok_or_else(not_found)?;
+    let verified = psp_events::verify(
+        dialect,
+        headers,
+        body,
+        &secret.0,
+        crate::store::now_ms() / 1000,
+        psp_events::DEFAULT_TOLERANCE_SECS,
+    )
+    .map_err(|error| match error {
+        WebhookError::Malformed(reason) => {
+            ApiError::InvalidRequest(format!("the PSP notification is malformed: {reason}"))
+        }
+        refused => {
+            tracing::warn!(channel = %channel.name, error = %refused, "PSP webhook refused");
+            ApiError::Unauthenticated
+        }
+    })?;
+    let declines = DeclineTable::new(channel.protocol, &channel.decline_codes);
+    let mut tally = Tally::default();
+    for event in &verified.events {
+        match settle(gateway, channel, &declines, event).await {
+            Some(payment) => {
+                tally.settled += 1;
+                tracing::info!(channel = %channel.name, payment = %payment.id, event = %event.event_id, "settled by the PSP's webhook");
+                crate::reconcile::notify_merchant(gateway, payment);
+            }
+            None => tally.unchanged += 1,
+        }
+    }
+    gateway
+        .metrics
+        .psp_webhook(&channel.name, tally.settled, tally.unchanged);
+    Ok(match dialect {
+        // Adyen wants exactly this body, or it delivers again.
+        Dialect::Adyen => {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"[accepted]")));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response
+        }
+        Dialect::Stripe => super::json_response(StatusCode::OK, &tally),
+    })
+}
+
+/// Applies one event; the payment as it stands after a change it made, None when it changed
+/// nothing (already settled, another channel's, not paygate's, or not a final answer).
+async fn settle(
+    gateway: &Arc<Gateway>,
+    channel: &Channel,
+    declines: &DeclineTable,
+    event: &PspEvent,
+) -> Option<Payment> {
+    let (status, code) = match &event.result {
+        EventResult::Succeeded => (PaymentStatus::Succeeded, None),
+        EventResult::Failed { raw_code } => (
+            PaymentStatus::Declined,
+            Some(declines.normalize(raw_code.as_deref().unwrap_or("declined"))),
+        ),
+        EventResult::Pending => return None,
+    };
+    let store = &gateway.store;
+    let mut settled = None;
+    match (&event.kind, &event.operation_id) {
+        (EventKind::Capture | EventKind::Refund, Some(operation)) => {
+            let payment_id = match &event.payment_id {
+                Some(id) => id.clone(),
+                None => {
+                    store
+                        .pending()
+                        .into_iter()
+                        .find(|p| p.operations.iter().any(|op| op.id == *operation))?
+                        .id
+                }
+            };
+            store.update(&payment_id, &mut |p| {
+                let pending_here = p.operations.iter().any(|op| {
+                    op.id == *operation
+                        && op.channel == channel.name
+                        && op.status == PaymentStatus::Pending
+                });
+                if pending_here {
+                    super::settle_operation(
+                        p,
+                        operation,
+                        status,
+                        event.psp_reference.clone(),
+                        code.clone(),
+                    );
+                    settled = Some(p.clone());
+                }
+            });
+        }
+        // Stripe's `payment_intent.succeeded` is the capture of an automatic-capture payment,
+        // so it settles a pending authorization too.
+        (EventKind::Authorization | EventKind::Capture, _) => {
+            let payment_id = event.payment_id.as_deref()?;
+            store.update(payment_id, &mut |p| {
+                if p.status != PaymentStatus::Pending
+                    || p.channel.as_deref() != Some(channel.name.as_str())
+                {
+                    return;
+                }
+                p.status = status;
+                p.reconciled = true;
+                p.in_doubt_until_ms = None;
+                if event.psp_reference.is_some() {
+                    p.psp_reference = event.psp_reference.clone();
+                }
+                p.decline_code = code.clone();
+                if status == PaymentStatus::Succeeded && p.capture {
+                    p.captured_amount = p.amount;
+                }
+                settled = Some(p.clone());
+            });
+        }
+        _ => return None,
+    }
+    let payment = settled?;
+    if let Err(error) = store.durable(&payment.id).await {
+        tracing::error!(payment = %payment.id, %error, "webhook settlement not journaled yet");
+    }
+    Some(payment)
+}
