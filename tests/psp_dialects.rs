@@ -99,7 +99,7 @@ fn stripe_channel(name: &str, url: &str, extra: &str) -> String {
 
 fn adyen_channel(name: &str, url: &str, extra: &str) -> String {
     format!(
-        "\n[[channels]]\nname = \"{name}\"\nurl = \"{url}\"\nprotocol = \"adyen\"\napi_key = \"env:DIALECT_ADYEN_KEY\"\nmerchant_account = \"PaygateTestECOM\"\nwebhook_secret = \"env:DIALECT_ADYEN_HMAC\"\ntimeout_ms = 2000\n{extra}\n"
+        "\n[[channels]]\nname = \"{name}\"\nurl = \"{url}\"\nprotocol = \"adyen\"\napi_key = \"env:DIALECT_ADYEN_KEY\"\nmerchant_account = \"PaygateTestECOM\"\nreturn_url = \"https://shop.example/return\"\nwebhook_secret = \"env:DIALECT_ADYEN_HMAC\"\ntimeout_ms = 2000\n{extra}\n"
     )
 }
 
@@ -436,6 +436,7 @@ async fn adyen_requests_and_notifications_settle_payments_and_captures() {
     );
     assert_eq!(request["additionalData"]["manualCapture"], "true");
     assert_eq!(request["countryCode"], "DE");
+    assert_eq!(request["returnUrl"], "https://shop.example/return");
 
     // AUTHORISATION settles the pending payment, once.
     let item = adyen_item(json!({

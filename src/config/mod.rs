@@ -451,6 +451,9 @@ pub struct PspAccount {
     pub api_version: Option<String>,
     /// Adyen: `merchantAccount`.
     pub merchant_account: Option<String>,
+    /// Adyen: the `returnUrl` a shopper comes back to after a redirect (3-D Secure), unless
+    /// the payment names its own `return_url`.
+    pub return_url: Option<String>,
     /// Stripe: the endpoint's `whsec_...` secret; Adyen: the HMAC key (hex).
     pub webhook_secret: Option<Secret>,
 }

@@ -201,6 +201,8 @@ pub struct RawChannel {
     pub api_version: Option<Spanned<String>>,
     /// Adyen's `merchantAccount`.
     pub merchant_account: Option<Spanned<String>>,
+    /// Adyen's `returnUrl` for payments that name none.
+    pub return_url: Option<Spanned<String>>,
     /// `"env:NAME"`: the secret that signs the PSP's webhooks.
     pub webhook_secret: Option<Spanned<String>>,
     pub weight: Option<u32>,

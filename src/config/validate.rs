@@ -524,7 +524,10 @@ impl<'a> Checker<'a> {
                 .as_ref()
                 .map(|r| self.risk(r.get_ref()))
                 .unwrap_or_default();
-            let webhook_url = m.webhook_url.as_ref().map(|url| self.webhook(url));
+            let webhook_url = m
+                .webhook_url
+                .as_ref()
+                .map(|url| self.http_url(url, "webhook_url"));
             merchants.push((
                 Merchant {
                     id: m.id.get_ref().clone(),
@@ -573,7 +576,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn webhook(&mut self, raw: &Spanned<String>) -> String {
+    fn http_url(&mut self, raw: &Spanned<String>, key: &str) -> String {
         let ok = raw
             .get_ref()
             .parse::<http::Uri>()
@@ -582,7 +585,7 @@ impl<'a> Checker<'a> {
             self.problem(
                 &raw.span(),
                 format!(
-                    "webhook_url {:?} must be an http:// or https:// URL",
+                    "{key} {:?} must be an http:// or https:// URL",
                     raw.get_ref()
                 ),
             );
@@ -896,6 +899,10 @@ impl<'a> Checker<'a> {
             api_key,
             api_version: c.api_version.as_ref().map(|v| v.get_ref().clone()),
             merchant_account,
+            return_url: c
+                .return_url
+                .as_ref()
+                .map(|u| self.http_url(u, "return_url")),
             webhook_secret,
         }
     }

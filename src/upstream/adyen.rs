@@ -30,6 +30,7 @@ const MAX_KEY_LEN: usize = 64;
 pub struct Adyen {
     api_key: Option<HeaderValue>,
     merchant_account: String,
+    return_url: Option<String>,
 }
 
 impl Adyen {
@@ -42,6 +43,7 @@ impl Adyen {
         Self {
             api_key,
             merchant_account: channel.account.merchant_account.clone().unwrap_or_default(),
+            return_url: channel.account.return_url.clone(),
         }
     }
 
@@ -76,6 +78,13 @@ impl Adyen {
             "reference": paygate_id,
             "paymentMethod": payment_method,
         });
+        let return_url = order.return_url.as_ref().or(self.return_url.as_ref());
+        let return_url = return_url.ok_or_else(|| {
+            ProtocolError(
+                "Adyen needs a returnUrl: set return_url on the channel or the payment".into(),
+            )
+        })?;
+        body["returnUrl"] = json!(return_url);
         if order.capture {
             body["captureDelayHours"] = json!(0);
         } else {

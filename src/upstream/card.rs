@@ -28,6 +28,8 @@ pub struct Order<'a> {
     pub country: Option<String>,
     pub capture: bool,
     pub reference: Option<String>,
+    /// Where a shopper returns after a redirect (3-D Secure).
+    pub return_url: Option<String>,
     /// The merchant's `metadata` object: string values as they are, others as JSON text.
     pub metadata: Vec<(String, String)>,
     pub card: Option<Card>,
@@ -59,6 +61,7 @@ impl<'a> Order<'a> {
             country: parse(payment.get("country"), "country")?,
             capture: parse(payment.get("capture"), "capture")?.unwrap_or(false),
             reference: parse(payment.get("reference"), "reference")?,
+            return_url: parse(payment.get("return_url"), "return_url")?,
             metadata,
             card: card(payment.get("card"))?,
             payment_method: payment.get("payment_method"),

@@ -262,14 +262,27 @@ pub async fn stripe_stateful_mock() -> Emulator {
     .await
 }
 
-/// The Stripe subset and Adyen Checkout v72 OpenAPI files (`$PAYGATE_PSP_SPECS`, default
-/// `/work/shared/psp-specs`).
+/// The Stripe subset and Adyen Checkout v72 OpenAPI files: `$PAYGATE_PSP_SPECS`, else the
+/// `shared/psp-specs` folder beside the checkout, else `/work/shared/psp-specs`.
 pub fn psp_spec(file: &str) -> PathBuf {
-    let dir = std::env::var_os("PAYGATE_PSP_SPECS")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/psp-specs"));
-    dir.join(file)
+    let candidates = [
+        std::env::var_os("PAYGATE_PSP_SPECS")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/psp-specs"
+        ))),
+        Some(PathBuf::from("/work/shared/psp-specs")),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(file))
+        .find(|path| path.exists());
+    found.unwrap_or_else(|| {
+        panic!("the PSP's OpenAPI file {file} is not found: set PAYGATE_PSP_SPECS to the folder that holds it (shared/psp-specs)")
+    })
 }
 
 /// A canned upstream on 127.0.0.1 for [`prism_proxy`]: answers every request with
