@@ -600,3 +600,42 @@ async fn webhooks_for_unknown_channels_or_v1_channels_are_404_and_bad_json_is_40
         StatusCode::CREATED
     );
 }
+
+#[tokio::test]
+async fn the_readme_stripe_and_adyen_example_passes_check() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let example = readme
+        .split("<!-- dialects-example -->\n```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the dialects example in the README");
+    let path = scratch_dir().join("routes.toml");
+    std::fs::write(&path, format!("{}{example}", base_config())).expect("write");
+    let check = |envs: &[(&str, &str)]| {
+        std::process::Command::new(BIN)
+            .arg("check")
+            .arg(&path)
+            .envs(envs.iter().copied())
+            .output()
+            .expect("run paygate check")
+    };
+    let env = [
+        ("STRIPE_SECRET_KEY", "sk_test_readme"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_readme"),
+        ("ADYEN_API_KEY", "adyen-readme"),
+        ("ADYEN_HMAC_KEY", ADYEN_HMAC),
+    ];
+    let ok = check(&env);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    // Without the credentials, check names each missing variable.
+    let missing = check(&env[1..]);
+    assert_eq!(missing.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&missing.stdout).into_owned()
+        + &String::from_utf8_lossy(&missing.stderr);
+    assert!(text.contains("STRIPE_SECRET_KEY"), "{text}");
+}

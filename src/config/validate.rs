@@ -1258,6 +1258,49 @@ headers = { Authorization = "Bearer sk_live_123", X-Psp-Key = "env:PAYGATE_TEST_
     }
 
     #[test]
+    fn psp_dialects_need_their_account_keys() {
+        let text = r#"
+[[channels]]
+name = "s"
+url = "https://api.stripe.com"
+protocol = "stripe"
+
+[[channels]]
+name = "a"
+url = "https://checkout-test.adyen.com/v72"
+protocol = "adyen"
+api_key = "env:PATH"
+decline_codes = { "12" = "no_money" }
+
+[[channels]]
+name = "x"
+url = "http://127.0.0.1:1"
+protocol = "soap"
+"#;
+        let found = problems(text);
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found[0].message.contains("api_key"), "{found:?}");
+        assert!(found.iter().any(|p| p.message.contains("merchant_account")));
+        assert!(found.iter().any(|p| {
+            p.message
+                .contains("\"no_money\" is not one of paygate's normalized codes")
+        }));
+        assert!(found.iter().any(|p| {
+            p.message
+                .contains("the supported ones are paygate-v1, stripe, adyen")
+        }));
+        assert!(found.iter().all(|p| p.line > 1), "{found:?}");
+        let config = build(
+            Path::new("routes.toml"),
+            "[[channels]]\nname = \"s\"\nurl = \"https://api.stripe.com\"\nprotocol = \"stripe\"\napi_key = \"env:PATH\"\n",
+        )
+        .unwrap();
+        let channel = &config.channels[0];
+        assert!(channel.is_retryable_decline("issuer_unavailable"));
+        assert!(!channel.is_retryable_decline("insufficient_funds"));
+    }
+
+    #[test]
     fn connection_keys_have_defaults_and_bounds() {
         let config = build(Path::new("routes.toml"), "").unwrap();
         assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
