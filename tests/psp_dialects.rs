@@ -639,3 +639,59 @@ async fn the_readme_stripe_and_adyen_example_passes_check() {
         + &String::from_utf8_lossy(&missing.stderr);
     assert!(text.contains("STRIPE_SECRET_KEY"), "{text}");
 }
+
+fn stripe_lost_answers(_: usize, seen: &Seen) -> (u16, String) {
+    match (seen.method.as_str(), seen.path.as_str()) {
+        ("POST", "/v1/payment_methods") => (200, r#"{"id":"pm_4"}"#.into()),
+        ("POST", _) => (502, "<html>bad gateway</html>".into()),
+        ("GET", path) if path.starts_with("/v1/payment_intents/search?") => (
+            200,
+            r#"{"object":"search_result","data":[{"id":"pi_4","object":"payment_intent","status":"requires_capture"}],"has_more":false}"#.into(),
+        ),
+        _ => (404, "{}".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_stripe_payment_whose_answers_were_lost_is_found_by_its_paygate_id() {
+    let (url, stripe) = scripted_psp(stripe_lost_answers).await;
+    let routes = format!(
+        "{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"stripe_eu\"]\n\n[reconciliation]\ninterval_ms = 100\nmax_backoff_ms = 200\n",
+        base_config(),
+        stripe_channel("stripe_eu", &url, "").replace("timeout_ms = 2000", "timeout_ms = 300")
+    );
+    let gateway = Process::gateway_with_env(
+        &routes,
+        &[
+            ("DIALECT_STRIPE_KEY", STRIPE_KEY),
+            ("DIALECT_STRIPE_WHSEC", STRIPE_WHSEC),
+        ],
+    )
+    .await;
+    let answer = pay(&gateway, &card_payment(1200, "EUR")).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.json);
+    assert!(answer.json["psp_reference"].is_null());
+    let id = answer.json["id"].as_str().expect("id").to_string();
+    // Found by search: settled as the intent stands (authorized), on its own channel.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let settled = loop {
+        let now = get_payment(&gateway, KEY, &id).await;
+        if now.json["status"] != "pending" {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still pending: {}",
+            now.json
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(settled.json["status"], "succeeded", "{}", settled.json);
+    assert_eq!(settled.json["psp_reference"], "pi_4");
+    let searches: Vec<Seen> = seen(&stripe)
+        .into_iter()
+        .filter(|s| s.method == "GET")
+        .collect();
+    let query = format!("query=metadata%5B%27paygate_id%27%5D%3A%27{id}%27");
+    assert!(searches[0].path.ends_with(&query), "{}", searches[0].path);
+}
