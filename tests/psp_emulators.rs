@@ -157,3 +157,90 @@ async fn stripe_lifecycle_against_localstripe_and_every_request_valid_for_stripe
         prism.log_text()
     );
 }
+
+/// Real Stripe error answers, produced by stripe-stateful-mock (Stripe's own legacy
+/// `/v1/charges`, which paygate does not call), read by paygate's `stripe` dialect: the
+/// classification of declines, 429, 500 and a reused key rests on bodies nobody here wrote.
+#[tokio::test]
+async fn the_stripe_dialect_reads_stripes_own_error_answers() {
+    use paygate::upstream::{Call, Reply, Step, dialect};
+
+    let mock = stripe_stateful_mock().await;
+    let charge = |body: String, key: Option<&'static str>| {
+        let url = mock.url("/v1/charges");
+        async move {
+            let auth = format!("Bearer {STRIPE_KEY}");
+            let mut headers = vec![
+                ("authorization", auth.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ];
+            if let Some(key) = key {
+                headers.push(("idempotency-key", key));
+            }
+            let answer = send(Method::POST, &url, &headers, &body).await;
+            (answer.status, answer.json.to_string())
+        }
+    };
+    // api_key must name a variable that is set; PATH always is (no call is made).
+    let routes = "[[channels]]\nname = \"s\"\nurl = \"http://127.0.0.1:1\"\nprotocol = \"stripe\"\napi_key = \"env:PATH\"\n";
+    let config = paygate::config::Config::parse(std::path::Path::new("routes.toml"), routes)
+        .expect("a valid routes file");
+    let stripe = dialect(&config.channels[0]);
+    let body = paygate::payload::PaymentBody::parse(
+        br#"{"amount":2000,"currency":"USD","payment_method":"pm_card_visa"}"#,
+    )
+    .expect("a body");
+    let authorize = Call::Authorize { payment: &body };
+    let read = |status: StatusCode, body: &str| {
+        stripe.reply(&authorize, &Step::First, status, body.as_bytes())
+    };
+
+    let (status, body) = charge(
+        "amount=2000&currency=usd&source=tok_chargeDeclinedInsufficientFunds".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        read(status, &body),
+        Reply::Declined {
+            psp_reference: None,
+            code: "insufficient_funds".into()
+        }
+    );
+    let (status, body) = charge(
+        "amount=2000&currency=usd&source=tok_chargeDeclinedExpiredCard".into(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        read(status, &body),
+        Reply::Declined {
+            psp_reference: None,
+            code: "expired_card".into()
+        }
+    );
+    let (status, body) = charge("amount=2000&currency=usd&source=tok_429".into(), None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        matches!(read(status, &body), Reply::Unavailable { .. }),
+        "{body}"
+    );
+    let (status, body) = charge("amount=2000&currency=usd&source=tok_500".into(), None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(matches!(read(status, &body), Reply::Error { .. }), "{body}");
+    // The same key with another body: Stripe refuses it, and the first may have charged.
+    let (first, _) = charge(
+        "amount=2000&currency=usd&source=tok_visa".into(),
+        Some("key-reused"),
+    )
+    .await;
+    assert_eq!(first, StatusCode::OK);
+    let (status, body) = charge(
+        "amount=2001&currency=usd&source=tok_visa".into(),
+        Some("key-reused"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(matches!(read(status, &body), Reply::Error { .. }), "{body}");
+}
