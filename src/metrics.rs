@@ -25,11 +25,12 @@ const LATENCY_BUCKETS: [f64; 17] = [
 ];
 
 /// The route templates of the merchant API, as the `route` label.
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 7] = [
     "/v1/payments",
     "/v1/payments/{id}",
     "/v1/payments/{id}/capture",
     "/v1/payments/{id}/refunds",
+    "/v1/payments/{id}/cancel",
     "/v1/psp/{channel}/webhooks",
     "other",
 ];
@@ -533,10 +534,10 @@ fn status_label(status: PaymentStatus) -> &'static str {
 /// The route template index of a merchant API path.
 pub fn route_of(path: &str) -> usize {
     if crate::api::psp_webhook_channel(path).is_some() {
-        return 4;
+        return 5;
     }
     let Some(rest) = path.strip_prefix("/v1/payments") else {
-        return 5;
+        return 6;
     };
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match (rest.is_empty(), segments.as_slice()) {
@@ -544,7 +545,8 @@ pub fn route_of(path: &str) -> usize {
         (false, [id]) if !id.is_empty() => 1,
         (false, [_, "capture"]) => 2,
         (false, [_, "refunds"]) => 3,
-        _ => 5,
+        (false, [_, "cancel"]) => 4,
+        _ => 6,
     }
 }
 
@@ -614,6 +616,10 @@ mod tests {
         assert_eq!(
             ROUTES[route_of("/v1/payments/pay_9/refunds")],
             "/v1/payments/{id}/refunds"
+        );
+        assert_eq!(
+            ROUTES[route_of("/v1/payments/pay_9/cancel")],
+            "/v1/payments/{id}/cancel"
         );
         assert_eq!(
             ROUTES[route_of("/v1/psp/stripe_eu/webhooks")],

@@ -413,6 +413,15 @@ fn adyen_script(n: usize, seen: &Seen) -> (u16, String) {
             .to_string(),
         );
     }
+    if seen.path.ends_with("/cancels") {
+        let request: Value = serde_json::from_str(&seen.body).unwrap_or(Value::Null);
+        return (
+            201,
+            json!({"merchantAccount":"PaygateTestECOM","paymentPspReference":"PSP0000000000002",
+                "pspReference":"CAN0000000000001","reference":request["reference"],"status":"received"})
+            .to_string(),
+        );
+    }
     (404, "{}".into())
 }
 
@@ -497,6 +506,48 @@ async fn adyen_requests_and_notifications_settle_payments_and_captures() {
     let captured = get_payment(&gateway, KEY, &paid_id).await;
     assert_eq!(captured.json["captured_amount"], 3000, "{}", captured.json);
     assert_eq!(captured.json["operations"][0]["status"], "succeeded");
+    assert_eq!(
+        follow_up(&gateway, &paid_id, "cancel", "").await.status,
+        StatusCode::BAD_REQUEST,
+        "a captured payment is refunded, not canceled"
+    );
+
+    // A cancel (void) is `received` too, settled by CANCELLATION.
+    let held = pay(&gateway, &card_payment(900, "EUR")).await;
+    let held_id = held.json["id"].as_str().expect("id").to_string();
+    let cancel = follow_up(&gateway, &held_id, "cancel", "").await;
+    assert_eq!(cancel.json["status"], "pending", "{}", cancel.json);
+    let cancel_id = cancel.json["id"].as_str().expect("id").to_string();
+    let sent = seen(&adyen).last().cloned().expect("the cancel");
+    assert_eq!(sent.path, "/payments/PSP0000000000002/cancels");
+    let body: Value = serde_json::from_str(&sent.body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"merchantAccount":"PaygateTestECOM","reference":cancel_id})
+    );
+    let item = adyen_item(json!({
+        "amount": {"currency": "EUR", "value": 0}, "eventCode": "CANCELLATION",
+        "merchantAccountCode": "PaygateTestECOM", "merchantReference": cancel_id,
+        "originalReference": "PSP0000000000002", "pspReference": "CAN0000000000001", "success": "true"
+    }));
+    let notification = json!({"live": "false", "notificationItems": [item]}).to_string();
+    assert_eq!(
+        post_webhook(&gateway, "adyen_eu", &[], &notification)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let canceled = get_payment(&gateway, KEY, &held_id).await;
+    assert_eq!(
+        canceled.json["operations"][0]["kind"], "cancel",
+        "{}",
+        canceled.json
+    );
+    assert_eq!(canceled.json["operations"][0]["status"], "succeeded");
+    assert_eq!(
+        follow_up(&gateway, &held_id, "capture", "").await.status,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 fn adyen_authorises(_: usize, seen: &Seen) -> (u16, String) {

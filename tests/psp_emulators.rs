@@ -151,6 +151,21 @@ async fn stripe_lifecycle_against_localstripe_and_every_request_valid_for_stripe
     assert_eq!(held["status"], "succeeded");
     assert_eq!(held["metadata"]["paygate_id"], id.as_str());
     assert_eq!(held["latest_charge"]["amount_refunded"], 1000);
+    // A void behind Prism: the authorization is released, and nothing more can be captured.
+    let body = json!({
+        "amount": 4100, "currency": "USD", "method": "card", "capture": false, "payment_method": pm
+    });
+    let held = pay(&gateway, &body).await;
+    assert_eq!(held.json["status"], "succeeded", "{}", held.json);
+    let id = held.json["id"].as_str().expect("id").to_string();
+    let pi = held.json["psp_reference"].as_str().expect("pi").to_string();
+    let cancel = follow_up(&gateway, &id, "cancel", "").await;
+    assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.json);
+    assert_eq!(cancel.json["status"], "succeeded", "{}", cancel.json);
+    assert_eq!(cancel.json["amount"], 4100);
+    assert_eq!(intent(&localstripe, &pi).await["status"], "canceled");
+    let late = follow_up(&gateway, &id, "capture", "").await;
+    assert_eq!(late.status, StatusCode::BAD_REQUEST, "{}", late.json);
     assert!(
         !prism.log_text().contains("UNPROCESSABLE_ENTITY"),
         "Prism refused a request:\n{}",

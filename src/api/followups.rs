@@ -1,5 +1,6 @@
-//! `POST /v1/payments/{id}/capture` and `POST /v1/payments/{id}/refunds`: sent to the channel
-//! that authorized the payment and to no other, for at most what is left.
+//! `POST /v1/payments/{id}/capture`, `POST /v1/payments/{id}/refunds` and
+//! `POST /v1/payments/{id}/cancel` (a void of an authorization nothing was captured of): sent
+//! to the channel that authorized the payment and to no other, for at most what is left.
 //!
 //! The amount is reserved on the payment before the call and settled after it, so two
 //! concurrent captures cannot together exceed the authorization.
@@ -49,6 +50,7 @@ pub async fn follow_up(
     let operation_id = match kind {
         FollowUpKind::Capture => format!("cap_{}", ulid::Ulid::generate()),
         FollowUpKind::Refund => format!("ref_{}", ulid::Ulid::generate()),
+        FollowUpKind::Cancel => format!("can_{}", ulid::Ulid::generate()),
     };
     let in_doubt_until = |channel: &str| {
         let timeout = snapshot
@@ -156,6 +158,7 @@ fn kind_name(kind: FollowUpKind) -> &'static str {
     match kind {
         FollowUpKind::Capture => "capture",
         FollowUpKind::Refund => "refund",
+        FollowUpKind::Cancel => "cancel",
     }
 }
 
@@ -173,6 +176,11 @@ pub fn operation_call<'a>(
             currency,
         },
         FollowUpKind::Refund => Call::Refund {
+            psp_reference,
+            amount,
+            currency,
+        },
+        FollowUpKind::Cancel => Call::Cancel {
             psp_reference,
             amount,
             currency,
@@ -244,8 +252,29 @@ fn reserve(
     let (Some(channel), Some(psp_reference)) = (&payment.channel, &payment.psp_reference) else {
         return invalid(format!("payment {} has no authorizing channel", payment.id));
     };
+    if payment.cancel_sent() {
+        return invalid(format!(
+            "payment {} is canceled (or its cancel is in doubt)",
+            payment.id
+        ));
+    }
     let in_flight = payment.in_flight(kind);
     let (left, verb) = match kind {
+        FollowUpKind::Cancel => {
+            if payment.captured_amount > 0 || payment.in_flight(FollowUpKind::Capture) > 0 {
+                return invalid(format!(
+                    "payment {} has captures: refund it instead of canceling",
+                    payment.id
+                ));
+            }
+            if requested.is_some_and(|amount| amount != payment.amount) {
+                return invalid(format!(
+                    "amount: a cancel releases the whole authorization of {}",
+                    payment.amount
+                ));
+            }
+            (payment.amount, "canceled")
+        }
         FollowUpKind::Capture => (
             payment
                 .amount
@@ -318,6 +347,7 @@ pub fn settle(
         match op.kind {
             FollowUpKind::Capture => payment.captured_amount += op.amount,
             FollowUpKind::Refund => payment.refunded_amount += op.amount,
+            FollowUpKind::Cancel => {}
         }
     }
     Some(op)

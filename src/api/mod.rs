@@ -144,7 +144,10 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         ([id, "refunds"], _) if method == Method::POST => {
             Ok(Route::FollowUp(id.to_string(), FollowUpKind::Refund))
         }
-        ([_, "capture" | "refunds"], _) => Err(post_only),
+        ([id, "cancel"], _) if method == Method::POST => {
+            Ok(Route::FollowUp(id.to_string(), FollowUpKind::Cancel))
+        }
+        ([_, "capture" | "refunds" | "cancel"], _) => Err(post_only),
         _ => Err(not_found()),
     }
 }
@@ -266,6 +269,10 @@ mod tests {
         assert!(matches!(
             route(&Method::POST, "/v1/payments/pay_1/refunds"),
             Ok(Route::FollowUp(_, FollowUpKind::Refund))
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/v1/payments/pay_1/cancel"),
+            Ok(Route::FollowUp(_, FollowUpKind::Cancel))
         ));
         assert!(matches!(
             route(&Method::GET, "/v1/payments"),

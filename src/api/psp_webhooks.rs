@@ -115,7 +115,7 @@ async fn settle(
     let store = &gateway.store;
     let mut settled = None;
     match (&event.kind, &event.operation_id) {
-        (EventKind::Capture | EventKind::Refund, Some(operation)) => {
+        (EventKind::Capture | EventKind::Refund | EventKind::Cancellation, Some(operation)) => {
             let payment_id = match &event.payment_id {
                 Some(id) => id.clone(),
                 None => {

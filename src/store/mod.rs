@@ -99,6 +99,8 @@ impl MaskedCard {
 pub enum FollowUpKind {
     Capture,
     Refund,
+    /// A void: the authorization is released, nothing captured.
+    Cancel,
 }
 
 /// A capture or refund of a payment.
@@ -171,6 +173,14 @@ impl Payment {
             .filter(|op| op.kind == kind && op.status == PaymentStatus::Pending)
             .map(|op| op.amount)
             .sum()
+    }
+
+    /// A cancel of the authorization succeeded or may still be carried out.
+    pub fn cancel_sent(&self) -> bool {
+        self.operations.iter().any(|op| {
+            op.kind == FollowUpKind::Cancel
+                && matches!(op.status, PaymentStatus::Succeeded | PaymentStatus::Pending)
+        })
     }
 
     /// Whether the payment (or its operation `operation_id`) surely reached no PSP or was

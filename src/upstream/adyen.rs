@@ -6,8 +6,9 @@
 //!   `additionalData.manualCapture` unless the merchant asked for capture. `Authorised` is
 //!   success; `Refused` a decline with `refusalReasonCode` (normalized by the channel's
 //!   table); `Received`, `Pending` and the shopper actions (3-D Secure) are pending.
-//! - Capture, refund: `POST /payments/{pspReference}/captures` or `/refunds` with
-//!   `reference` = the operation id; Adyen answers `received` and settles by webhook.
+//! - Capture, refund, cancel: `POST /payments/{pspReference}/captures`, `/refunds` or
+//!   `/cancels` with `reference` = the operation id; Adyen answers `received` and settles
+//!   by webhook.
 //! - The API has no payment lookup: a payment in doubt is settled by a re-send with the same
 //!   `Idempotency-Key` (Adyen replays the first outcome) while its request is alive, or by
 //!   the AUTHORISATION webhook.
@@ -150,6 +151,13 @@ impl PspProtocol for Adyen {
             } => (
                 format!("/payments/{}/refunds", path_segment(psp_reference)?),
                 self.modification(amount, currency, context.idempotency_key),
+            ),
+            Call::Cancel { psp_reference, .. } => (
+                format!("/payments/{}/cancels", path_segment(psp_reference)?),
+                json!({
+                    "merchantAccount": self.merchant_account,
+                    "reference": context.idempotency_key,
+                }),
             ),
             Call::Status { .. } => {
                 return Err(ProtocolError(

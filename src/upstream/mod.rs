@@ -245,7 +245,12 @@ impl ChannelClient {
                 code,
             }) => {
                 let mut declined = exchange(Outcome::Declined, psp_reference, latency, None);
-                let normalized = self.declines.normalize(&code);
+                // The table is of card declines; a refused capture, refund or cancel keeps
+                // the PSP's own reason.
+                let normalized = match call {
+                    Call::Authorize { .. } | Call::Status { .. } => self.declines.normalize(&code),
+                    _ => code.clone(),
+                };
                 declined.psp_code = (normalized != code).then_some(code);
                 declined.decline_code = Some(normalized);
                 declined

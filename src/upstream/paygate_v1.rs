@@ -1,5 +1,6 @@
 //! Dialect `paygate-v1`, the contract's PSP protocol (the one `paygate mock-psp` speaks):
-//! JSON over `POST {url}/payments`, `.../{ref}/capture`, `.../{ref}/refunds` and
+//! JSON over `POST {url}/payments`, `.../{ref}/capture`, `.../{ref}/refunds`,
+//! `.../{ref}/cancel` and
 //! `GET {url}/payments/{ref}`, each answered with `{status, psp_reference, decline_code}`;
 //! a payment whose answer never arrived is found with `GET {url}/payments/by-paygate-id/{id}`
 //! (404: the PSP never received it).
@@ -57,6 +58,15 @@ impl PspProtocol for PaygateV1 {
             } => (
                 Method::POST,
                 format!("/payments/{}/refunds", path_segment(psp_reference)?),
+                serde_json::to_vec(&FollowUp { amount, paygate_id }),
+            ),
+            Call::Cancel {
+                psp_reference,
+                amount,
+                ..
+            } => (
+                Method::POST,
+                format!("/payments/{}/cancel", path_segment(psp_reference)?),
                 serde_json::to_vec(&FollowUp { amount, paygate_id }),
             ),
             Call::Status {

@@ -27,6 +27,12 @@ pub enum Call<'a> {
         amount: u64,
         currency: &'a str,
     },
+    /// A void of the whole authorization (`amount`), before any capture.
+    Cancel {
+        psp_reference: &'a str,
+        amount: u64,
+        currency: &'a str,
+    },
     /// The current status of a payment (reconciliation): by the PSP's reference when an
     /// answer gave one, otherwise by the `paygate_id` of the [`CallContext`] (the payment's
     /// answer never arrived). Each dialect finds a payment its own way.

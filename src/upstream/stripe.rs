@@ -7,7 +7,8 @@
 //!   `metadata[paygate_id]`. A `payment_method` of `pm_...` in the merchant's body skips the
 //!   first step.
 //! - Capture: `POST /v1/payment_intents/{id}/capture` (`amount_to_capture`); refund:
-//!   `POST /v1/refunds` with `metadata[paygate_operation]` so that the webhook finds it.
+//!   `POST /v1/refunds` with `metadata[paygate_operation]` so that the webhook finds it;
+//!   cancel: `POST /v1/payment_intents/{id}/cancel`.
 //! - Status: `GET /v1/payment_intents/{id}`, or, with no answer ever received, the search
 //!   API by `metadata['paygate_id']` (whose index lags: an empty result proves nothing until
 //!   [`SEARCH_SETTLES_AFTER`] has passed).
@@ -167,6 +168,14 @@ impl PspProtocol for Stripe {
                     .field("metadata[paygate_operation]", context.idempotency_key);
                 (Method::POST, "/v1/refunds".to_string(), Some(form))
             }
+            (Call::Cancel { psp_reference, .. }, _) => (
+                Method::POST,
+                format!(
+                    "/v1/payment_intents/{}/cancel",
+                    path_segment(psp_reference)?
+                ),
+                Some(Form::new()),
+            ),
             (
                 Call::Status {
                     psp_reference: Some(reference),
@@ -255,10 +264,12 @@ impl PspProtocol for Stripe {
                     };
                 }
                 return match call {
-                    Call::Capture { .. } | Call::Refund { .. } => Reply::Declined {
-                        psp_reference: None,
-                        code,
-                    },
+                    Call::Capture { .. } | Call::Refund { .. } | Call::Cancel { .. } => {
+                        Reply::Declined {
+                            psp_reference: None,
+                            code,
+                        }
+                    }
                     Call::Authorize { .. } => Reply::Unavailable {
                         reason: answered(&format!("{code} (refused unprocessed)")),
                     },
@@ -280,6 +291,17 @@ impl PspProtocol for Stripe {
                 serde_json::from_slice::<Object>(body).map(|pm| Reply::Then(pm.id))
             }
             (Call::Refund { .. }, _) => serde_json::from_slice::<Refund>(body).map(Refund::reply),
+            (Call::Cancel { .. }, _) => {
+                serde_json::from_slice::<Intent>(body).map(|intent| match intent.status.as_str() {
+                    "canceled" => Reply::Succeeded {
+                        psp_reference: intent.id,
+                    },
+                    other => Reply::Declined {
+                        psp_reference: Some(intent.id.clone()),
+                        code: other.to_string(),
+                    },
+                })
+            }
             (
                 Call::Status {
                     psp_reference: None,
