@@ -767,6 +767,7 @@ impl<'a> Checker<'a> {
                 listen,
                 behavior: s.behavior.clone(),
                 schedule,
+                dialect: s.dialect,
             });
         }
         simulators
