@@ -1201,3 +1201,24 @@ headers = { Authorization = "Bearer sk_live_123", X-Psp-Key = "env:PAYGATE_TEST_
         );
     }
 }
+
+#[cfg(test)]
+mod simulator_dialect_tests {
+    use super::*;
+    use crate::sim::Dialect;
+
+    #[test]
+    fn a_simulator_may_speak_adyen() {
+        let text = "[[simulators]]\nname = \"ady\"\nlisten = \"127.0.0.1:0\"\ndialect = \"adyen\"\n\n[[simulators]]\nname = \"v1\"\nlisten = \"127.0.0.1:0\"\n";
+        let config = build(Path::new("routes.toml"), text).map_err(|p| format!("{p:?}"));
+        let dialects: Vec<Dialect> = config
+            .unwrap()
+            .simulators
+            .iter()
+            .map(|s| s.dialect)
+            .collect();
+        assert_eq!(dialects, [Dialect::Adyen, Dialect::PaygateV1]);
+        let bad = "[[simulators]]\nname = \"x\"\ndialect = \"stripe\"\n";
+        assert!(build(Path::new("routes.toml"), bad).is_err());
+    }
+}

@@ -1566,6 +1566,27 @@ mod tests {
     }
 
     #[test]
+    fn the_signature_matches_adyens_published_sample() {
+        let notification = Notification {
+            event_code: "AUTHORISATION",
+            success: true,
+            psp_reference: "7914073381342284".into(),
+            original_reference: None,
+            merchant_account: "TestMerchant".into(),
+            merchant_reference: "TestPayment-1407325143704".into(),
+            value: 1130,
+            currency: "EUR".into(),
+            reason: String::new(),
+        };
+        let key = hex::decode("44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056")
+            .unwrap();
+        assert_eq!(
+            notification.signature(&key),
+            "coqCmt/IZ4E3CzPvMY8zTjQVL5hYJUiBRg8UU+iCWo0="
+        );
+    }
+
+    #[test]
     fn base64_matches_rfc_4648() {
         for (input, expected) in [
             (&b""[..], ""),
