@@ -19,7 +19,7 @@ use http::{HeaderName, HeaderValue};
 use rustc_hash::FxHashMap;
 
 use crate::routing::RuleIndex;
-use crate::sim::{Behavior, Schedule};
+use crate::sim::{Behavior, Dialect, Schedule};
 
 /// One problem in a routes file, at a 1-based line and column (0 when it has no place).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -567,4 +567,5 @@ pub struct Simulator {
     pub listen: SocketAddr,
     pub behavior: Behavior,
     pub schedule: Schedule,
+    pub dialect: Dialect,
 }

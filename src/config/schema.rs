@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::sim::Behavior;
+use crate::sim::{Behavior, Dialect};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -261,4 +261,7 @@ pub struct RawSimulator {
     #[serde(default)]
     pub behavior: Behavior,
     pub schedule: Option<Spanned<String>>,
+    /// `paygate-v1` (default) or `adyen`.
+    #[serde(default)]
+    pub dialect: Dialect,
 }

@@ -770,6 +770,7 @@ impl<'a> Checker<'a> {
                 listen,
                 behavior: s.behavior.clone(),
                 schedule,
+                dialect: s.dialect,
             });
         }
         simulators
@@ -1331,5 +1332,26 @@ protocol = "soap"
             u64::MAX,
             "saturates instead of overflowing"
         );
+    }
+}
+
+#[cfg(test)]
+mod simulator_dialect_tests {
+    use super::*;
+    use crate::sim::Dialect;
+
+    #[test]
+    fn a_simulator_may_speak_adyen() {
+        let text = "[[simulators]]\nname = \"ady\"\nlisten = \"127.0.0.1:0\"\ndialect = \"adyen\"\n\n[[simulators]]\nname = \"v1\"\nlisten = \"127.0.0.1:0\"\n";
+        let config = build(Path::new("routes.toml"), text).map_err(|p| format!("{p:?}"));
+        let dialects: Vec<Dialect> = config
+            .unwrap()
+            .simulators
+            .iter()
+            .map(|s| s.dialect)
+            .collect();
+        assert_eq!(dialects, [Dialect::Adyen, Dialect::PaygateV1]);
+        let bad = "[[simulators]]\nname = \"x\"\ndialect = \"stripe\"\n";
+        assert!(build(Path::new("routes.toml"), bad).is_err());
     }
 }

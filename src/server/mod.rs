@@ -298,10 +298,12 @@ fn publish_channel_gauges(gateway: &Gateway, snapshot: &crate::gateway::Snapshot
 async fn start_simulators(config: &Config) -> Result<HashMap<String, SocketAddr>, ServeError> {
     let mut addresses = HashMap::new();
     for spec in &config.simulators {
-        let simulator = crate::sim::Simulator::new(
+        let simulator = crate::sim::Simulator::with_dialect(
             spec.name.clone(),
             spec.behavior.clone(),
             spec.schedule.clone(),
+            spec.dialect,
+            None,
         );
         let addr = crate::sim::spawn(simulator, spec.listen)
             .await

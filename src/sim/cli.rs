@@ -8,9 +8,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::adyen::Notifier;
 use super::behavior::{Behavior, FaultScope, Latency, Schedule};
 use super::server::{bind, serve};
-use super::{SimError, Simulator};
+use super::{Dialect, SimError, Simulator};
 
 /// Flags of `paygate mock-psp`. Every behavior flag left out keeps its default.
 #[derive(clap::Args, Debug, Clone)]
@@ -21,6 +22,16 @@ pub struct MockPspArgs {
     /// Name used in psp_references (`<name>-<n>`) and in the stats.
     #[arg(long, default_value = "mock")]
     pub name: String,
+    /// The API spoken on the protocol endpoints: paygate-v1 or adyen (Checkout API v72).
+    #[arg(long, value_enum, default_value_t = Dialect::PaygateV1)]
+    pub dialect: Dialect,
+    /// Adyen only: POST a notification (AUTHORISATION, CAPTURE, REFUND, CANCELLATION) here
+    /// after each payment and modification.
+    #[arg(long, requires = "adyen_hmac_key")]
+    pub webhook_url: Option<String>,
+    /// Adyen only: the hex HMAC key that signs notifications (additionalData.hmacSignature).
+    #[arg(long, requires = "webhook_url")]
+    pub adyen_hmac_key: Option<String>,
     /// Share of processed payments that succeed (0..=1).
     #[arg(long)]
     pub success_rate: Option<f64>,
@@ -140,6 +151,17 @@ impl MockPspArgs {
         }
     }
 
+    /// The notifier the webhook flags ask for; errors are plain sentences.
+    fn notifier(&self) -> Result<Option<Notifier>, String> {
+        let (Some(url), Some(key)) = (&self.webhook_url, &self.adyen_hmac_key) else {
+            return Ok(None);
+        };
+        if self.dialect != Dialect::Adyen {
+            return Err("--webhook-url needs --dialect adyen".into());
+        }
+        Notifier::new(url, key).map(Some)
+    }
+
     fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, SimError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
@@ -156,6 +178,10 @@ pub async fn run(args: MockPspArgs) -> Result<(), SimError> {
     let schedule = args.schedule()?;
     let mut problems = behavior.problems();
     problems.extend(schedule.problems());
+    let notifier = args.notifier().unwrap_or_else(|problem| {
+        problems.push(problem);
+        None
+    });
     if !problems.is_empty() {
         return Err(SimError::InvalidBehavior(problems));
     }
@@ -169,7 +195,7 @@ pub async fn run(args: MockPspArgs) -> Result<(), SimError> {
         "mock-psp {} listening on {scheme}://{addr}",
         args.name
     ))?;
-    let sim = Simulator::new(args.name, behavior, schedule);
+    let sim = Simulator::with_dialect(args.name, behavior, schedule, args.dialect, notifier);
     serve(sim, listener, tls, shutdown).await
 }
 

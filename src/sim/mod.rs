@@ -1,16 +1,19 @@
 //! The PSP simulator (`paygate mock-psp`): an HTTP/1.1 + HTTP/2 server speaking the
-//! `paygate-v1` channel protocol with configurable outcomes, latency and faults, used by the
-//! integration tests, the benchmarks, and the gateway's in-process simulators.
+//! `paygate-v1` channel protocol, or Adyen's Checkout API v72 (`--dialect adyen`), with
+//! configurable outcomes, latency and faults, used by the integration tests, the benchmarks,
+//! and the gateway's in-process simulators.
 //!
 //! Owns its own listener, ledger of payments and counters (served at `/_sim/stats`). Must
 //! never be the bottleneck of a proxy benchmark (no shared lock and no large allocation per
 //! request), must never write a card number, CVC or expiry anywhere, and must not depend on
 //! the gateway's modules other than `crate::tls`.
 //!
-//! Layout: `behavior` (what to do: rates, latency, schedule), `protocol` (the endpoints),
-//! `ledger` (stored payments), `stats` (counters and `/_sim/stats`), `server` (listening,
-//! TLS, shutdown), `cli` (the `mock-psp` flags).
+//! Layout: `behavior` (what to do: rates, latency, schedule), `protocol` (the `paygate-v1`
+//! endpoints and the fault and outcome helpers both dialects share), `adyen` (the Adyen
+//! endpoints and notifications), `ledger` (stored payments), `stats` (counters and
+//! `/_sim/stats`), `server` (listening, TLS, shutdown), `cli` (the `mock-psp` flags).
 
+mod adyen;
 mod behavior;
 mod cli;
 mod ledger;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+pub use adyen::Notifier as AdyenNotifier;
 pub use behavior::{Behavior, Latency, Phase, Schedule};
 pub use cli::{MockPspArgs, run};
 pub use ledger::MAX_STORED_PAYMENTS;
@@ -67,10 +71,25 @@ pub enum SimError {
     Stats(#[from] serde_json::Error),
 }
 
+/// The API a simulator speaks on its protocol endpoints (`/_sim/` is the same for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+pub enum Dialect {
+    /// paygate's own channel protocol (CONTRACT.md, "The PSP side").
+    #[default]
+    #[serde(rename = "paygate-v1")]
+    #[value(name = "paygate-v1")]
+    PaygateV1,
+    /// Adyen Checkout API v72: `/payments` and its captures, refunds and cancels.
+    #[serde(rename = "adyen")]
+    #[value(name = "adyen")]
+    Adyen,
+}
+
 /// Shared simulator state: behavior, schedule, start instant, stored payments, stats.
 #[derive(Debug)]
 pub struct Simulator {
     name: String,
+    dialect: Dialect,
     behavior: Behavior,
     schedule: Schedule,
     started: Instant,
@@ -78,13 +97,31 @@ pub struct Simulator {
     next_reference: AtomicU64,
     ledger: Ledger,
     stats: Stats,
+    /// The Adyen dialect's idempotency answers and per-`reference` records (empty otherwise).
+    adyen: adyen::Book,
+    notifier: Option<adyen::Notifier>,
 }
 
 impl Simulator {
     /// A simulator whose schedule clock starts now. The behaviors are used as given; call
     /// [`Behavior::problems`] and [`Schedule::problems`] first to reject invalid ones.
     pub fn new(name: String, behavior: Behavior, schedule: Schedule) -> Arc<Self> {
+        Self::with_dialect(name, behavior, schedule, Dialect::PaygateV1, None)
+    }
+
+    /// A simulator speaking `dialect`; `notifier` (Adyen only) posts a notification after
+    /// each payment and modification.
+    pub fn with_dialect(
+        name: String,
+        behavior: Behavior,
+        schedule: Schedule,
+        dialect: Dialect,
+        notifier: Option<adyen::Notifier>,
+    ) -> Arc<Self> {
         Arc::new(Simulator {
+            adyen: adyen::Book::new(&name),
+            notifier,
+            dialect,
             name,
             behavior,
             schedule,
@@ -98,6 +135,10 @@ impl Simulator {
     /// The name used in `psp_reference`s (`<name>-<n>`) and in the stats.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// The behavior in force now: the last schedule phase that has started, else the base.
@@ -116,6 +157,7 @@ impl Simulator {
     pub fn reset(&self) {
         self.stats.clear();
         self.ledger.clear();
+        self.adyen.clear();
     }
 
     fn stats_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {

@@ -26,10 +26,10 @@ use super::stats::{Ending, Processed, RecentRequest, Replay};
 
 /// Far above the gateway's own 64 KiB body limit plus `paygate_id`, so a real request always
 /// fits, while a runaway client cannot make the simulator buffer without bound.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// "Never answers" in practice: longer than any channel timeout a test or benchmark sets.
-const HANG: Duration = Duration::from_secs(3600);
+pub(super) const HANG: Duration = Duration::from_secs(3600);
 
 /// Returned from the service to make hyper abort the connection (HTTP/2: reset the stream)
 /// without an answer, as a PSP that crashed after processing would.
@@ -40,7 +40,7 @@ pub struct InjectedReset;
 pub type SimResponse = Response<BoxBody<Bytes, std::io::Error>>;
 
 /// Sizes of the body faults: larger than any PSP answer paygate accepts by default (1 MiB).
-const HUGE_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const HUGE_BODY_BYTES: usize = 8 * 1024 * 1024;
 const ENDLESS_CHUNK_BYTES: usize = 16 * 1024;
 /// An endless body stops after this, so that a test that forgets it leaks nothing for long.
 const ENDLESS_FOR: Duration = Duration::from_secs(3600);
@@ -270,7 +270,7 @@ fn fed(
 }
 
 /// 200 with a body that keeps coming until the client leaves (or an hour passes).
-fn endless() -> SimResponse {
+pub(super) fn endless() -> SimResponse {
     let (mut parts, ()) = Response::new(()).into_parts();
     parts
         .headers
@@ -290,7 +290,11 @@ fn endless() -> SimResponse {
 }
 
 /// The correct answer, one byte every `interval`.
-fn dribbled(parts: http::response::Parts, bytes: Bytes, interval: Duration) -> SimResponse {
+pub(super) fn dribbled(
+    parts: http::response::Parts,
+    bytes: Bytes,
+    interval: Duration,
+) -> SimResponse {
     let (response, sender) = fed(parts);
     tokio::spawn(async move {
         for index in 0..bytes.len() {
@@ -308,7 +312,7 @@ fn dribbled(parts: http::response::Parts, bytes: Bytes, interval: Duration) -> S
 }
 
 /// Headers promising the whole answer, half of it, then the connection is aborted.
-fn cut_short(mut parts: http::response::Parts, bytes: Bytes) -> SimResponse {
+pub(super) fn cut_short(mut parts: http::response::Parts, bytes: Bytes) -> SimResponse {
     parts
         .headers
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
@@ -345,7 +349,7 @@ async fn unprocessed_fault(sim: &Simulator, route: Route<'_>, draw: &Draw) -> Op
 }
 
 /// A zero latency must not even yield to the scheduler: it is the benchmark setting.
-async fn pause(duration: Duration) {
+pub(super) async fn pause(duration: Duration) {
     if !duration.is_zero() {
         tokio::time::sleep(duration).await;
     }
@@ -420,7 +424,12 @@ fn test_card(number: &str) -> Option<(Status, Option<&'static str>)> {
     }
 }
 
-fn outcome(reference: u64, card_number: Option<&str>, draw: &Draw, behavior: &Behavior) -> Answer {
+pub(super) fn outcome(
+    reference: u64,
+    card_number: Option<&str>,
+    draw: &Draw,
+    behavior: &Behavior,
+) -> Answer {
     if let Some((status, code)) = card_number.and_then(test_card) {
         return Answer {
             status,
@@ -584,7 +593,7 @@ fn checked_amount(value: Option<&serde_json::Value>) -> Result<Option<u64>, Stri
 
 /// serde_json's own messages may quote the offending value (a card number, say), so only
 /// the kind of error and its position are reported.
-fn json_problem(error: &serde_json::Error) -> String {
+pub(super) fn json_problem(error: &serde_json::Error) -> String {
     let what = match error.classify() {
         serde_json::error::Category::Data => "request body has a field of the wrong type",
         serde_json::error::Category::Eof => "request body is not valid JSON (it ends early)",
@@ -593,7 +602,7 @@ fn json_problem(error: &serde_json::Error) -> String {
     format!("{what} at line {} column {}", error.line(), error.column())
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
@@ -608,6 +617,7 @@ fn recent(parts: &Parts, fields: Option<&Fields<'_>>) -> RecentRequest {
         currency: owned(fields.and_then(|f| f.currency.as_deref())),
         authorization: owned(header(&parts.headers, "authorization")),
         traceparent: owned(header(&parts.headers, "traceparent")),
+        api_key: None,
     }
 }
 
@@ -657,7 +667,7 @@ fn unknown_payment(reference: &str) -> SimResponse {
     json(StatusCode::NOT_FOUND, &body)
 }
 
-fn stats_response(sim: &Simulator) -> SimResponse {
+pub(super) fn stats_response(sim: &Simulator) -> SimResponse {
     match sim.stats_bytes() {
         Ok(bytes) => respond(StatusCode::OK, bytes),
         Err(_) => error(
@@ -675,20 +685,20 @@ fn error(status: StatusCode, message: &str) -> SimResponse {
     json(status, &ErrorBody { error: message })
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> SimResponse {
+pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> SimResponse {
     // Serializing these plain structs cannot fail; the fallback keeps the path panic-free.
     let bytes =
         serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"internal_error\"}".to_vec());
     respond(status, bytes)
 }
 
-fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, std::io::Error> {
+pub(super) fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, std::io::Error> {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
 }
 
-fn respond(status: StatusCode, bytes: Vec<u8>) -> SimResponse {
+pub(super) fn respond(status: StatusCode, bytes: Vec<u8>) -> SimResponse {
     let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
     if status != StatusCode::NO_CONTENT {

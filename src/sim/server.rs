@@ -1,8 +1,8 @@
 //! Listening for the simulator: accepting TCP connections, the optional TLS handshake,
 //! serving HTTP/1.1 and HTTP/2 on each connection, and shutting down.
 //!
-//! Owns connection tasks and their lifetime. Must not look at requests (that is
-//! `protocol`) and must not let one bad connection or accept error stop the listener.
+//! Owns connection tasks and their lifetime. Must not look at requests (that is `protocol`
+//! or `adyen`, by the simulator's dialect) and must not let one bad connection or accept error stop the listener.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::{SimError, Simulator, protocol};
+use super::{Dialect, SimError, Simulator, adyen, protocol};
 
 /// How long open connections get to finish after shutdown; a hang fault would otherwise keep
 /// the process alive for an hour.
@@ -190,7 +190,15 @@ async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| protocol::handle(Arc::clone(&sim), request));
+    let service = service_fn(move |request| {
+        let sim = Arc::clone(&sim);
+        async move {
+            match sim.dialect() {
+                Dialect::PaygateV1 => protocol::handle(sim, request).await,
+                Dialect::Adyen => adyen::handle(sim, request).await,
+            }
+        }
+    });
     let connection = builder.serve_connection(io, service).into_owned();
     // Errors here are clients going away and injected resets: nothing to act on.
     if let Err(error) = watcher.watch(connection).await {

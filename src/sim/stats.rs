@@ -116,6 +116,8 @@ pub enum Processed {
     Capture,
     Refund,
     StatusQuery,
+    /// The Adyen dialect's cancels (paygate-v1 has none).
+    Cancel,
 }
 
 /// An idempotency key: how often it came, and the first answer given for it.
@@ -143,6 +145,10 @@ pub struct RecentRequest {
     pub currency: Option<String>,
     pub authorization: Option<String>,
     pub traceparent: Option<String>,
+    /// The Adyen dialect's `X-API-Key` (test credentials only, as `authorization` is); absent
+    /// from the JSON for `paygate-v1` requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 /// Every counter the simulator keeps.
@@ -152,6 +158,7 @@ pub struct Stats {
     payments: Counter,
     captures: Counter,
     refunds: Counter,
+    cancels: Counter,
     status_queries: Counter,
     duplicates: Counter,
     untracked_keys: Counter,
@@ -172,6 +179,7 @@ impl Default for Stats {
             payments: Counter::default(),
             captures: Counter::default(),
             refunds: Counter::default(),
+            cancels: Counter::default(),
             status_queries: Counter::default(),
             duplicates: Counter::default(),
             untracked_keys: Counter::default(),
@@ -201,6 +209,7 @@ impl Stats {
             Processed::Capture => self.captures.add(),
             Processed::Refund => self.refunds.add(),
             Processed::StatusQuery => self.status_queries.add(),
+            Processed::Cancel => self.cancels.add(),
         }
     }
 
@@ -245,6 +254,11 @@ impl Stats {
                 Replay::New(answer)
             }
         }
+    }
+
+    /// A request replayed from its idempotency key by a dialect that keeps its own answers.
+    pub fn duplicate(&self) {
+        self.duplicates.add();
     }
 
     /// A lookup by `paygate_id` (the key the payment was sent with).
@@ -304,6 +318,7 @@ impl Stats {
             &self.payments,
             &self.captures,
             &self.refunds,
+            &self.cancels,
             &self.status_queries,
             &self.duplicates,
             &self.untracked_keys,
@@ -339,6 +354,7 @@ impl Stats {
             payments: &self.payments,
             captures: &self.captures,
             refunds: &self.refunds,
+            cancels: &self.cancels,
             status_queries: &self.status_queries,
             outcomes: &self.outcomes,
             faults: &self.faults,
@@ -367,6 +383,7 @@ struct StatsView<'a> {
     payments: &'a Counter,
     captures: &'a Counter,
     refunds: &'a Counter,
+    cancels: &'a Counter,
     status_queries: &'a Counter,
     outcomes: &'a Outcomes,
     faults: &'a Faults,
