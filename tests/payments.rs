@@ -411,3 +411,52 @@ async fn http2_merchants_are_served() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(count(&sim.stats().await, "payments"), 1);
 }
+
+#[tokio::test]
+async fn a_cancel_voids_the_authorization_on_its_channel_once() {
+    let a = Process::mock_psp(&["--name", "a"]).await;
+    let routes = format!(
+        "{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"a\"]\n",
+        base_config(),
+        channel("a", &a, "")
+    );
+    let gateway = Process::gateway(&routes).await;
+    let paid = pay(&gateway, &card_payment(1000, "EUR")).await;
+    assert_eq!(paid.json["status"], "succeeded", "{}", paid.json);
+    let id = paid.json["id"].as_str().unwrap().to_string();
+    let partial = follow_up(&gateway, &id, "cancel", r#"{"amount": 400}"#).await;
+    assert_eq!(partial.status, StatusCode::BAD_REQUEST);
+    assert!(
+        partial.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("whole authorization")
+    );
+    let canceled = follow_up(&gateway, &id, "cancel", "").await;
+    assert_eq!(canceled.status, StatusCode::OK, "{}", canceled.json);
+    assert_eq!(canceled.json["status"], "succeeded");
+    assert_eq!(canceled.json["amount"], 1000);
+    assert_eq!(canceled.json["channel"], "a");
+    assert!(canceled.json["id"].as_str().unwrap().starts_with("can_"));
+    for action in ["capture", "cancel", "refunds"] {
+        let late = follow_up(&gateway, &id, action, "").await;
+        assert_eq!(
+            late.status,
+            StatusCode::BAD_REQUEST,
+            "{action}: {}",
+            late.json
+        );
+    }
+    let stored = get_payment(&gateway, KEY, &id).await;
+    assert_eq!(stored.json["operations"][0]["kind"], "cancel");
+    assert_eq!(stored.json["captured_amount"], 0);
+    assert_eq!(a.stats().await["cancels"], 1);
+
+    // Once captured, a payment is refunded, not canceled.
+    let paid = pay(&gateway, &card_payment(500, "EUR")).await;
+    let id = paid.json["id"].as_str().unwrap().to_string();
+    follow_up(&gateway, &id, "capture", r#"{"amount": 100}"#).await;
+    let refused = follow_up(&gateway, &id, "cancel", "").await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.stats().await["cancels"], 1);
+}

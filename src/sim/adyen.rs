@@ -985,10 +985,7 @@ fn apply(
     let ledger_outcome = match kind {
         Modification::Capture => sim.ledger.apply(number, Operation::Capture, amount, || own),
         Modification::Refund => sim.ledger.apply(number, Operation::Refund, amount, || own),
-        Modification::Cancel => sim.ledger.status(number).map(|now| match now.status {
-            Status::Declined => Answer::declined(own, "payment_not_authorized"),
-            _ => Answer::succeeded(own),
-        }),
+        Modification::Cancel => sim.ledger.apply(number, Operation::Cancel, None, || own),
     };
     let outcome: &'static str = match ledger_outcome.as_ref().map(|a| a.decline_code.as_deref()) {
         Some(None) => "applied",

@@ -71,6 +71,8 @@ pub struct Payment {
     pub resolves_after: Duration,
     captured: u64,
     refunded: u64,
+    /// The authorization was voided.
+    canceled: bool,
 }
 
 impl Payment {
@@ -84,6 +86,7 @@ impl Payment {
             resolves_after,
             captured: 0,
             refunded: 0,
+            canceled: false,
         };
         payment.settle_auto_capture();
         payment
@@ -110,6 +113,8 @@ impl Payment {
 pub enum Operation {
     Capture,
     Refund,
+    /// A void of the whole authorization, before any capture.
+    Cancel,
 }
 
 /// Stored payments keyed by reference number.
@@ -173,6 +178,7 @@ impl Ledger {
                 match operation {
                     Operation::Capture => payment.captured += amount,
                     Operation::Refund => payment.refunded += amount,
+                    Operation::Cancel => payment.canceled = true,
                 }
                 Answer::succeeded(operation_reference)
             }
@@ -191,7 +197,12 @@ fn decide(
     if payment.status != Status::Succeeded {
         return Err("payment_not_authorized");
     }
+    if payment.canceled {
+        return Err("payment_canceled");
+    }
     let left = match operation {
+        Operation::Cancel if payment.captured > 0 => return Err("payment_captured"),
+        Operation::Cancel => return Ok(payment.amount),
         Operation::Capture => payment.amount.saturating_sub(payment.captured),
         Operation::Refund if payment.captured == 0 => return Err("payment_not_captured"),
         Operation::Refund => payment.captured.saturating_sub(payment.refunded),

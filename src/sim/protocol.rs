@@ -53,6 +53,7 @@ enum Route<'a> {
     CreatePayment,
     Capture(&'a str),
     Refund(&'a str),
+    Cancel(&'a str),
     Status(&'a str),
     /// `GET /payments/by-paygate-id/{id}`: a payment found by the key it was sent with.
     ByPaygateId(&'a str),
@@ -90,6 +91,9 @@ impl<'a> Route<'a> {
             }
             (&Method::POST, [Some("payments"), Some(reference), Some("refunds"), None]) => {
                 Route::Refund(reference)
+            }
+            (&Method::POST, [Some("payments"), Some(reference), Some("cancel"), None]) => {
+                Route::Cancel(reference)
             }
             (&Method::GET, [Some("_sim"), Some("stats"), None, _]) => Route::Stats,
             (&Method::POST, [Some("_sim"), Some("reset"), None, _]) => Route::Reset,
@@ -376,6 +380,9 @@ fn process(
         Route::Refund(reference) => {
             operation(sim, reference, Operation::Refund, fields.amount, key)
         }
+        Route::Cancel(reference) => {
+            operation(sim, reference, Operation::Cancel, fields.amount, key)
+        }
         Route::Status(reference) => status_query(sim, reference),
         Route::ByPaygateId(id) => lookup(sim, id),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
@@ -462,6 +469,7 @@ fn operation(
     sim.stats.processed(match operation {
         Operation::Capture => Processed::Capture,
         Operation::Refund => Processed::Refund,
+        Operation::Cancel => Processed::Cancel,
     });
     if let Some(first) = key.and_then(|key| sim.stats.replay(key)) {
         return answer_response(StatusCode::OK, sim, &first);
@@ -560,7 +568,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, SimResponse> {
 fn parse_body<'b>(route: Route<'_>, bytes: &'b [u8]) -> Result<Fields<'b>, String> {
     let needs_amount = match route {
         Route::CreatePayment => true,
-        Route::Capture(_) | Route::Refund(_) => false,
+        Route::Capture(_) | Route::Refund(_) | Route::Cancel(_) => false,
         _ => return Ok(Fields::default()),
     };
     let body = if bytes.iter().all(u8::is_ascii_whitespace) && !needs_amount {

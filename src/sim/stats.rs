@@ -116,7 +116,7 @@ pub enum Processed {
     Capture,
     Refund,
     StatusQuery,
-    /// The Adyen dialect's cancels (paygate-v1 has none).
+    /// Cancels (voids) of an authorization.
     Cancel,
 }
 
