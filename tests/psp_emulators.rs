@@ -259,3 +259,195 @@ async fn the_stripe_dialect_reads_stripes_own_error_answers() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(matches!(read(status, &body), Reply::Error { .. }), "{body}");
 }
+
+const ADYEN_HMAC: &str = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
+
+fn adyen_channel(name: &str, url: &str) -> String {
+    format!(
+        "\n[[channels]]\nname = \"{name}\"\nurl = \"{url}\"\nprotocol = \"adyen\"\napi_key = \"env:EMU_ADYEN_KEY\"\nmerchant_account = \"PaygateTestECOM\"\nreturn_url = \"https://shop.example/return\"\nwebhook_secret = \"env:EMU_ADYEN_HMAC\"\ntimeout_ms = 5000\n"
+    )
+}
+
+fn adyen_card(amount: u64, number: &str) -> Value {
+    json!({
+        "amount": amount, "currency": "EUR", "method": "card", "country": "NL",
+        "reference": "order-5", "capture": false,
+        "card": { "number": number, "exp_month": 3, "exp_year": 2030, "cvc": "737", "holder_name": "J Smith" }
+    })
+}
+
+/// Polls the payment until `done` holds (at most 15 s).
+async fn until(gateway: &Process, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let payment = get_payment(gateway, KEY, id).await.json;
+        if done(&payment) {
+            return payment;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled: {payment}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn adyen_through_prism_against_adyens_openapi_with_notifications_settling_what_is_pending() {
+    // paygate's port is chosen first: the Adyen simulator sends its notifications there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let webhooks = format!("http://127.0.0.1:{port}/v1/psp/adyen_eu/webhooks");
+    let adyen = Process::mock_psp(&[
+        "--dialect",
+        "adyen",
+        "--name",
+        "adyen",
+        "--success-rate",
+        "1",
+        "--pending-resolves-ms",
+        "300",
+        "--webhook-url",
+        &webhooks,
+        "--adyen-hmac-key",
+        ADYEN_HMAC,
+    ])
+    .await;
+    let prism = prism_proxy(&psp_spec("adyen-checkout-v72.json"), &adyen.base).await;
+    let backup = Process::mock_psp(&["--name", "backup", "--success-rate", "1"]).await;
+    let routes = format!(
+        "{}{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"adyen_eu\", \"backup\"]\nstrategy = \"priority\"\n",
+        base_config().replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1),
+        adyen_channel("adyen_eu", &prism.base),
+        channel("backup", &backup, "")
+    );
+    let gateway = Process::gateway_with_env(
+        &routes,
+        &[
+            ("EMU_ADYEN_KEY", "adyen-test-key"),
+            ("EMU_ADYEN_HMAC", ADYEN_HMAC),
+        ],
+    )
+    .await;
+
+    let paid = pay(&gateway, &adyen_card(5000, "4111111111111111")).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.json);
+    assert_eq!(paid.json["status"], "succeeded");
+    assert_eq!(paid.json["channel"], "adyen_eu");
+    let id = paid.json["id"].as_str().expect("id").to_string();
+    let seen = send(
+        Method::GET,
+        &format!("{}/_sim/payments/{id}", adyen.base),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(seen.json["processed"], 1, "{}", seen.json);
+    assert_eq!(seen.json["merchant_account"], "PaygateTestECOM");
+
+    // Refused with Adyen's code, normalized; the raw code stays on the attempt.
+    let refused = pay(&gateway, &adyen_card(700, "4000000000009995")).await;
+    assert_eq!(refused.json["status"], "declined", "{}", refused.json);
+    assert_eq!(refused.json["decline_code"], "insufficient_funds");
+    assert_eq!(refused.json["attempts"][0]["psp_code"], "12");
+    // A soft refusal (issuer unavailable) fails over to the next channel.
+    // (The test card declines on the backup too; the notification of the first refusal,
+    // which arrives while paygate fails over, changes nothing.)
+    let soft = pay(&gateway, &adyen_card(800, "4000000000000119")).await;
+    assert_eq!(soft.json["channel"], "backup", "{}", soft.json);
+    assert_eq!(soft.json["attempts"][0]["channel"], "adyen_eu");
+    assert_eq!(
+        soft.json["attempts"][0]["decline_code"],
+        "issuer_unavailable"
+    );
+    assert_eq!(soft.json["attempts"][1]["channel"], "backup");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let soft_now = get_payment(&gateway, KEY, soft.json["id"].as_str().expect("id")).await;
+    assert_eq!(soft_now.json["reconciled"], false, "{}", soft_now.json);
+    assert_eq!(soft_now.json["psp_reference"], "backup-1");
+
+    // Pending, then AUTHORISATION from the simulator settles it.
+    let pending = pay(&gateway, &adyen_card(900, "4000000000000259")).await;
+    assert_eq!(pending.status, StatusCode::ACCEPTED, "{}", pending.json);
+    let pending_id = pending.json["id"].as_str().expect("id").to_string();
+    let settled = until(&gateway, &pending_id, |p| p["status"] != "pending").await;
+    assert_eq!(settled["status"], "succeeded", "{settled}");
+
+    // Capture, refund and cancel are `received`, settled by their notifications (which may
+    // arrive before the answer does: then the answer is already `succeeded`).
+    let settled_or_pending = |answer: &Answer| {
+        let status = answer.json["status"].as_str().unwrap_or("");
+        assert!(
+            status == "pending" || status == "succeeded",
+            "{}",
+            answer.json
+        );
+    };
+    let capture = follow_up(&gateway, &id, "capture", r#"{"amount": 3000}"#).await;
+    settled_or_pending(&capture);
+    until(&gateway, &id, |p| p["captured_amount"] == 3000).await;
+    let refund = follow_up(&gateway, &id, "refunds", r#"{"amount": 1000}"#).await;
+    settled_or_pending(&refund);
+    let done = until(&gateway, &id, |p| p["refunded_amount"] == 1000).await;
+    assert_eq!(done["operations"][1]["status"], "succeeded", "{done}");
+    let cancel = follow_up(&gateway, &pending_id, "cancel", "").await;
+    settled_or_pending(&cancel);
+    let canceled = until(&gateway, &pending_id, |p| {
+        p["operations"][0]["status"] != "pending"
+    })
+    .await;
+    assert_eq!(
+        canceled["operations"][0]["status"], "succeeded",
+        "{canceled}"
+    );
+    assert_eq!(
+        gateway
+            .metric("paygate_psp_webhook_events_total{channel=\"adyen_eu\",result=\"settled\"}")
+            .await,
+        4.0
+    );
+    let log = prism.log_text();
+    assert!(
+        !log.contains("UNPROCESSABLE_ENTITY") && !log.contains("VIOLATIONS"),
+        "Prism found a request or an answer outside Adyen's description:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_adyen_500_is_sent_again_with_the_same_key_and_never_elsewhere() {
+    let adyen =
+        Process::mock_psp(&["--dialect", "adyen", "--name", "adyen", "--error-500", "1"]).await;
+    let backup = Process::mock_psp(&["--name", "backup", "--success-rate", "1"]).await;
+    let routes = format!(
+        "{}{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"adyen_eu\", \"backup\"]\nstrategy = \"priority\"\n",
+        base_config(),
+        adyen_channel("adyen_eu", &adyen.base),
+        channel("backup", &backup, "")
+    );
+    let gateway = Process::gateway_with_env(
+        &routes,
+        &[
+            ("EMU_ADYEN_KEY", "adyen-test-key"),
+            ("EMU_ADYEN_HMAC", ADYEN_HMAC),
+        ],
+    )
+    .await;
+    let answer = pay(&gateway, &adyen_card(1000, "4111111111111111")).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.json);
+    assert_eq!(answer.json["status"], "pending");
+    assert_eq!(answer.json["channel"], "adyen_eu");
+    let id = answer.json["id"].as_str().expect("id");
+    let seen = send(
+        Method::GET,
+        &format!("{}/_sim/payments/{id}", adyen.base),
+        &[],
+        "",
+    )
+    .await;
+    // Processed once, asked twice: the re-send with the same key was a replay.
+    assert_eq!(seen.json["processed"], 1, "{}", seen.json);
+    assert_eq!(seen.json["requests"], 2, "{}", seen.json);
+    assert_eq!(backup.stats().await["payments"], 0);
+}

@@ -118,7 +118,7 @@ async fn authorised_then_captured_refunded_and_cancelled() {
         [
             ("capture", "applied"),
             ("refund", "applied"),
-            ("cancel", "applied"),
+            ("cancel", "payment_captured"),
             ("capture", "invalid_amount")
         ]
     );

@@ -335,7 +335,13 @@ pub fn settle(
         .operations
         .iter_mut()
         .find(|op| op.id == operation_id)?;
-    if op.status != PaymentStatus::Pending || status == PaymentStatus::Pending {
+    if op.status != PaymentStatus::Pending {
+        return Some(op.clone());
+    }
+    // A pending answer may name the operation at the PSP (Adyen's `received`), which its
+    // webhook refers to later.
+    if status == PaymentStatus::Pending {
+        op.psp_reference = psp_reference.or(op.psp_reference.take());
         return Some(op.clone());
     }
     op.status = status;

@@ -5,7 +5,8 @@
 //! Owns only the settling: verification and parsing are `psp_events`', and nothing here
 //! routes or calls a PSP. A notification only ever moves something out of `pending`, so the
 //! same event twice (PSPs deliver at least once) changes nothing the second time, and an
-//! event about another channel's payment is ignored. Unsigned or badly signed: 401 and
+//! event about another channel's payment, or about a payment whose call is still in flight
+//! (its handler decides, and may be failing over), is ignored. Unsigned or badly signed: 401 and
 //! nothing changes.
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::config::{Channel, Protocol};
 use crate::gateway::Gateway;
 use crate::layers::HttpResponse;
 use crate::psp_events::{self, Dialect, EventKind, EventResult, PspEvent, WebhookError};
-use crate::store::{Payment, PaymentStatus};
+use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus};
 use crate::upstream::declines::DeclineTable;
 
 /// What became of the events of one notification, for the log and the answer.
@@ -115,27 +116,32 @@ async fn settle(
     let store = &gateway.store;
     let mut settled = None;
     match (&event.kind, &event.operation_id) {
-        (EventKind::Capture | EventKind::Refund | EventKind::Cancellation, Some(operation)) => {
+        (EventKind::Capture | EventKind::Refund | EventKind::Cancellation, Some(reference)) => {
+            let kind = match event.kind {
+                EventKind::Capture => FollowUpKind::Capture,
+                EventKind::Refund => FollowUpKind::Refund,
+                _ => FollowUpKind::Cancel,
+            };
             let payment_id = match &event.payment_id {
                 Some(id) => id.clone(),
                 None => {
                     store
                         .pending()
                         .into_iter()
-                        .find(|p| p.operations.iter().any(|op| op.id == *operation))?
+                        .find(|p| {
+                            p.id == *reference
+                                || (p.psp_reference.is_some()
+                                    && p.psp_reference == event.original_reference)
+                                || p.operations.iter().any(|op| names(op, reference, event))
+                        })?
                         .id
                 }
             };
             store.update(&payment_id, &mut |p| {
-                let pending_here = p.operations.iter().any(|op| {
-                    op.id == *operation
-                        && op.channel == channel.name
-                        && op.status == PaymentStatus::Pending
-                });
-                if pending_here {
+                if let Some(id) = pending_operation(p, channel, kind, reference, event) {
                     super::settle_operation(
                         p,
-                        operation,
+                        &id,
                         status,
                         event.psp_reference.clone(),
                         code.clone(),
@@ -148,10 +154,24 @@ async fn settle(
         // so it settles a pending authorization too.
         (EventKind::Authorization | EventKind::Capture, _) => {
             let payment_id = event.payment_id.as_deref()?;
+            let now = crate::store::now_ms();
             store.update(payment_id, &mut |p| {
                 if p.status != PaymentStatus::Pending
                     || p.channel.as_deref() != Some(channel.name.as_str())
                 {
+                    return;
+                }
+                // While a call to this channel may still be in flight, its handler decides
+                // (it may be failing over after a soft decline the PSP also notifies).
+                let booked = p.attempts.last().is_some_and(|a| {
+                    a.channel == channel.name
+                        && matches!(
+                            a.outcome,
+                            Outcome::Pending | Outcome::Error | Outcome::Timeout
+                        )
+                });
+                let over = p.in_doubt_until_ms.is_none_or(|until| now >= until);
+                if !booked && !over {
                     return;
                 }
                 p.status = status;
@@ -174,4 +194,42 @@ async fn settle(
         tracing::error!(payment = %payment.id, %error, "webhook settlement not journaled yet");
     }
     Some(payment)
+}
+
+/// Whether an event names the operation: by paygate's id (the modification's reference) or
+/// by the PSP's reference of it (which its `received` answer gave).
+fn names(op: &FollowUp, reference: &str, event: &PspEvent) -> bool {
+    op.id == reference || (op.psp_reference.is_some() && op.psp_reference == event.psp_reference)
+}
+
+/// The pending operation on this channel an event settles: the one it names, or else, when
+/// the event names only the payment (a PSP that notifies before its answer reached paygate,
+/// or that echoes the payment's reference), the only pending one of its kind.
+fn pending_operation(
+    payment: &Payment,
+    channel: &Channel,
+    kind: FollowUpKind,
+    reference: &str,
+    event: &PspEvent,
+) -> Option<String> {
+    let pending = || {
+        payment
+            .operations
+            .iter()
+            .filter(|op| op.channel == channel.name && op.status == PaymentStatus::Pending)
+    };
+    if let Some(op) = pending().find(|op| names(op, reference, event)) {
+        return Some(op.id.clone());
+    }
+    let mut of_kind = pending().filter(|op| {
+        op.kind == kind
+            && event
+                .amount
+                .as_ref()
+                .is_none_or(|(amount, _)| *amount == op.amount)
+    });
+    match (of_kind.next(), of_kind.next()) {
+        (Some(op), None) => Some(op.id.clone()),
+        _ => None,
+    }
 }

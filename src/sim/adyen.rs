@@ -444,7 +444,7 @@ struct SeenModification {
     currency: Option<String>,
     /// `applied`, or why the ledger would not apply it (`invalid_amount` for a capture
     /// beyond the authorised amount or a refund beyond the captured one,
-    /// `payment_not_authorized`, `payment_not_captured`). The answer was `received` anyway.
+    /// `payment_not_authorized`, `payment_not_captured`, `payment_captured`, `payment_canceled`). The answer was `received` anyway.
     outcome: &'static str,
 }
 
@@ -991,6 +991,8 @@ fn apply(
         Some(None) => "applied",
         Some(Some("invalid_amount")) => "invalid_amount",
         Some(Some("payment_not_captured")) => "payment_not_captured",
+        Some(Some("payment_captured")) => "payment_captured",
+        Some(Some("payment_canceled")) => "payment_canceled",
         _ => "payment_not_authorized",
     };
     let psp_reference = sim.adyen.psp_reference(own);
