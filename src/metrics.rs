@@ -335,7 +335,7 @@ impl Metrics {
             resends: counter_vec(
                 r,
                 "paygate_channel_resends_total",
-                "Calls sent again on a fresh connection because the pooled one was found closed by the PSP before any answer.",
+                "Calls sent again to the same channel with the same key: on a fresh connection because the pooled one was found closed by the PSP before any answer, or after a fault or a lost answer from a PSP that replays by key (stripe, adyen).",
                 &["channel"],
             ),
             reconciliations: counter_vec(

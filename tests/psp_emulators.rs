@@ -450,4 +450,10 @@ async fn an_adyen_500_is_sent_again_with_the_same_key_and_never_elsewhere() {
     assert_eq!(seen.json["processed"], 1, "{}", seen.json);
     assert_eq!(seen.json["requests"], 2, "{}", seen.json);
     assert_eq!(backup.stats().await["payments"], 0);
+    assert_eq!(
+        gateway
+            .metric("paygate_channel_resends_total{channel=\"adyen_eu\"}")
+            .await,
+        1.0
+    );
 }
