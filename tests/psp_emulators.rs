@@ -15,7 +15,7 @@ const STRIPE_KEY: &str = "sk_test_paygate";
 
 fn stripe_channel(name: &str, url: &str) -> String {
     format!(
-        "\n[[channels]]\nname = \"{name}\"\nurl = \"{url}\"\nprotocol = \"stripe\"\napi_key = \"env:EMU_STRIPE_KEY\"\napi_version = \"2023-08-16\"\ntimeout_ms = 5000\n"
+        "\n[[channels]]\nname = \"{name}\"\nurl = \"{url}\"\nprotocol = \"stripe\"\napi_key = \"env:EMU_STRIPE_KEY\"\napi_version = \"2023-08-16\"\ntimeout_ms = 2000\n"
     )
 }
 
@@ -33,6 +33,10 @@ name = \"usd\"
 channels = [\"stripe_validated\"]
 [rules.match]
 currencies = [\"USD\"]
+
+[reconciliation]
+interval_ms = 100
+max_backoff_ms = 200
 ",
         base_config(),
         stripe_channel("stripe_direct", eur),
@@ -112,6 +116,60 @@ async fn stripe_lifecycle_against_localstripe_and_every_request_valid_for_stripe
     // localstripe books the uncaptured 500 as a refund of the charge, beside the real 500.
     assert_eq!(held["latest_charge"]["amount_refunded"], 1000, "{held}");
 
+    // 3-D Secure: `requires_action` is pending; once the shopper authenticated (localstripe's
+    // own endpoint), reconciliation reads the intent back on its channel and settles it.
+    let challenged = pay(
+        &gateway,
+        &stripe_card(1100, "EUR", "4000002760003184", false),
+    )
+    .await;
+    assert_eq!(
+        challenged.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        challenged.json
+    );
+    let challenged_id = challenged.json["id"].as_str().expect("id").to_string();
+    let pi3 = challenged.json["psp_reference"]
+        .as_str()
+        .expect("pi")
+        .to_string();
+    let secret = intent(&localstripe, &pi3).await["client_secret"]
+        .as_str()
+        .expect("client_secret")
+        .to_string();
+    let auth = format!("Bearer {STRIPE_KEY}");
+    let authenticated = send(
+        Method::POST,
+        &localstripe.url(&format!("/v1/payment_intents/{pi3}/_authenticate")),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("client_secret={secret}&success=true"),
+    )
+    .await;
+    assert_eq!(
+        authenticated.status,
+        StatusCode::OK,
+        "{}",
+        authenticated.json
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now = get_payment(&gateway, KEY, &challenged_id).await.json;
+        if now["status"] != "pending" {
+            assert_eq!(now["status"], "succeeded", "{now}");
+            assert_eq!(now["reconciled"], true);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reconciled: {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // localstripe's declining card: HTTP 402 card_declined, normalized.
     let declined = pay(&gateway, &stripe_card(900, "EUR", "4000000000000341", true)).await;
     assert_eq!(declined.status, StatusCode::CREATED, "{}", declined.json);
@@ -121,7 +179,6 @@ async fn stripe_lifecycle_against_localstripe_and_every_request_valid_for_stripe
     // Behind Prism: a PaymentMethod the merchant created passes through as a token, and
     // authorize, capture and refund all reach localstripe, so Prism found each request valid
     // against Stripe's own description (an invalid one is answered 422, never forwarded).
-    let auth = format!("Bearer {STRIPE_KEY}");
     let pm = send(
         Method::POST,
         &localstripe.url("/v1/payment_methods"),
