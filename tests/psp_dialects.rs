@@ -232,6 +232,14 @@ async fn post_webhook(
     .await
 }
 
+/// Posts one signed Adyen notification item to the `adyen_eu` webhook endpoint.
+async fn notify_adyen(gateway: &Process, item: Value) -> StatusCode {
+    let notification = json!({"live": "false", "notificationItems": [item]}).to_string();
+    post_webhook(gateway, "adyen_eu", &[], &notification)
+        .await
+        .status
+}
+
 fn stripe_script(n: usize, seen: &Seen) -> (u16, String) {
     match (n, seen.path.as_str()) {
         (_, "/v1/payment_methods") => (200, r#"{"id":"pm_1","object":"payment_method"}"#.into()),
@@ -496,13 +504,7 @@ async fn adyen_requests_and_notifications_settle_payments_and_captures() {
         "merchantAccountCode": "PaygateTestECOM", "merchantReference": capture_id,
         "originalReference": "PSP0000000000002", "pspReference": "CAP0000000000001", "success": "true"
     }));
-    let notification = json!({"live": "false", "notificationItems": [item]}).to_string();
-    assert_eq!(
-        post_webhook(&gateway, "adyen_eu", &[], &notification)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(notify_adyen(&gateway, item).await, StatusCode::OK);
     let captured = get_payment(&gateway, KEY, &paid_id).await;
     assert_eq!(captured.json["captured_amount"], 3000, "{}", captured.json);
     assert_eq!(captured.json["operations"][0]["status"], "succeeded");
@@ -530,13 +532,7 @@ async fn adyen_requests_and_notifications_settle_payments_and_captures() {
         "merchantAccountCode": "PaygateTestECOM", "merchantReference": cancel_id,
         "originalReference": "PSP0000000000002", "pspReference": "CAN0000000000001", "success": "true"
     }));
-    let notification = json!({"live": "false", "notificationItems": [item]}).to_string();
-    assert_eq!(
-        post_webhook(&gateway, "adyen_eu", &[], &notification)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(notify_adyen(&gateway, item).await, StatusCode::OK);
     let canceled = get_payment(&gateway, KEY, &held_id).await;
     assert_eq!(
         canceled.json["operations"][0]["kind"], "cancel",

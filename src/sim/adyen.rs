@@ -36,8 +36,8 @@ use super::Simulator;
 use super::behavior::{Behavior, Draw, Fault, FaultScope};
 use super::ledger::{Answer, Operation, Payment, Status};
 use super::protocol::{
-    HANG, HUGE_BODY_BYTES, InjectedReset, MAX_BODY_BYTES, SimResponse, cut_short, dribbled,
-    endless, header, json_problem, outcome, pause, respond, stats_response,
+    HUGE_BODY_BYTES, InjectedReset, MAX_BODY_BYTES, SimResponse, cut_short, dribbled, endless,
+    header, json_problem, outcome, pause, respond, stats_response,
 };
 use super::stats::{Ending, MAX_TRACKED_KEYS, Processed, RecentRequest};
 
@@ -710,19 +710,7 @@ async fn endpoint(
 
 /// The faults that skip processing: 503 (after the usual latency) and hang.
 async fn unprocessed_fault(sim: &Simulator, route: Route<'_>, draw: &Draw) -> Option<SimResponse> {
-    let fault = draw
-        .fault
-        .filter(|f| matches!(f, Fault::Unavailable | Fault::Hang))?;
-    sim.stats.fault(fault);
-    if route == Route::Payment {
-        sim.stats.payment_outcome(Ending::Fault(fault));
-    }
-    let wait = if fault == Fault::Hang {
-        HANG
-    } else {
-        draw.latency
-    };
-    pause(wait).await;
+    super::protocol::unprocessed(sim, route == Route::Payment, draw).await?;
     Some(
         ServiceError::new(
             StatusCode::SERVICE_UNAVAILABLE,

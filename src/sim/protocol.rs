@@ -336,11 +336,18 @@ pub(super) fn cut_short(mut parts: http::response::Parts, bytes: Bytes) -> SimRe
 
 /// The faults that skip processing: 503 (after the usual latency) and hang.
 async fn unprocessed_fault(sim: &Simulator, route: Route<'_>, draw: &Draw) -> Option<SimResponse> {
+    unprocessed(sim, route == Route::CreatePayment, draw).await?;
+    Some(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable"))
+}
+
+/// A fault drawn that skips processing (503, hang), counted (as a payment's ending when
+/// `payment`) and waited out; each dialect writes its own answer to it.
+pub(super) async fn unprocessed(sim: &Simulator, payment: bool, draw: &Draw) -> Option<Fault> {
     let fault = draw
         .fault
         .filter(|f| matches!(f, Fault::Unavailable | Fault::Hang))?;
     sim.stats.fault(fault);
-    if route == Route::CreatePayment {
+    if payment {
         sim.stats.payment_outcome(Ending::Fault(fault));
     }
     let wait = if fault == Fault::Hang {
@@ -349,7 +356,7 @@ async fn unprocessed_fault(sim: &Simulator, route: Route<'_>, draw: &Draw) -> Op
         draw.latency
     };
     pause(wait).await;
-    Some(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable"))
+    Some(fault)
 }
 
 /// A zero latency must not even yield to the scheduler: it is the benchmark setting.

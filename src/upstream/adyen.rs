@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 
 use super::card::Order;
 use super::paygate_v1::path_segment;
-use super::protocol::{Call, CallContext, Lookup, ProtocolError, PspProtocol, Reply, Step};
+use super::protocol::{
+    Call, CallContext, Lookup, ProtocolError, PspProtocol, Reply, Step, refused_unprocessed,
+};
 use crate::config::Channel;
 
 /// Adyen refuses longer idempotency keys.
@@ -182,19 +184,12 @@ impl PspProtocol for Adyen {
     }
 
     fn reply(&self, call: &Call<'_>, _step: &Step, status: StatusCode, body: &[u8]) -> Reply {
+        if let Some(refused) = refused_unprocessed("Adyen", status) {
+            return refused;
+        }
         let answered = |what: &str| format!("Adyen answered {} {what}", status.as_u16());
         match status.as_u16() {
             200 | 201 => {}
-            401 | 403 => {
-                return Reply::Unavailable {
-                    reason: answered("(credentials refused)"),
-                };
-            }
-            429 => {
-                return Reply::Unavailable {
-                    reason: answered("(rate limited)"),
-                };
-            }
             400 | 422 => {
                 let error = serde_json::from_slice::<ServiceError>(body).unwrap_or_default();
                 let code = error.error_code.unwrap_or_else(|| "validation".into());

@@ -105,6 +105,19 @@ pub enum Lookup {
     WebhookOnly,
 }
 
+/// What 401, 403 and 429 mean at every real PSP: refused before anything was processed, so
+/// another channel may be tried.
+pub fn refused_unprocessed(psp: &str, status: StatusCode) -> Option<Reply> {
+    let why = match status.as_u16() {
+        401 | 403 => "credentials refused",
+        429 => "rate limited",
+        _ => return None,
+    };
+    Some(Reply::Unavailable {
+        reason: format!("{psp} answered {} ({why})", status.as_u16()),
+    })
+}
+
 pub trait PspProtocol: Send + Sync + 'static {
     /// The request for `step` of `call` against the channel's base URL (no trailing slash).
     fn request(

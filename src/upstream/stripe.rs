@@ -28,7 +28,9 @@ use serde::Deserialize;
 use super::card::Order;
 use super::form::Form;
 use super::paygate_v1::path_segment;
-use super::protocol::{Call, CallContext, Lookup, ProtocolError, PspProtocol, Reply, Step};
+use super::protocol::{
+    Call, CallContext, Lookup, ProtocolError, PspProtocol, Reply, Step, refused_unprocessed,
+};
 use crate::config::Channel;
 
 /// The API version paygate's mapping was written against.
@@ -226,6 +228,9 @@ impl PspProtocol for Stripe {
     }
 
     fn reply(&self, call: &Call<'_>, step: &Step, status: StatusCode, body: &[u8]) -> Reply {
+        if let Some(refused) = refused_unprocessed("Stripe", status) {
+            return refused;
+        }
         let answered = |what: &str| format!("Stripe answered {} {what}", status.as_u16());
         match status.as_u16() {
             200 => {}
@@ -237,16 +242,6 @@ impl PspProtocol for Stripe {
                         .decline_code
                         .or(error.code)
                         .unwrap_or_else(|| "card_declined".into()),
-                };
-            }
-            401 | 403 => {
-                return Reply::Unavailable {
-                    reason: answered("(credentials refused)"),
-                };
-            }
-            429 => {
-                return Reply::Unavailable {
-                    reason: answered("(rate limited)"),
                 };
             }
             409 => {
