@@ -742,3 +742,33 @@ async fn a_stripe_payment_whose_answers_were_lost_is_found_by_its_paygate_id() {
     let query = format!("query=metadata%5B%27paygate_id%27%5D%3A%27{id}%27");
     assert!(searches[0].path.ends_with(&query), "{}", searches[0].path);
 }
+
+#[tokio::test]
+async fn a_payment_a_stripe_channel_cannot_build_is_never_sent_and_the_gateway_stays_up() {
+    let (url, stripe) = scripted_psp(stripe_script).await;
+    let gateway = start_gateway(&stripe_channel("stripe_eu", &url, ""), "\"stripe_eu\"").await;
+    // Neither card nor payment_method: nothing to pay with at Stripe.
+    let body = json!({ "amount": 500, "currency": "EUR", "method": "card" });
+    let answer = pay(&gateway, &body).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.json);
+    assert_eq!(answer.error_type(), "all_channels_failed");
+    let id = answer.json["error"]["payment_id"]
+        .as_str()
+        .expect("payment_id");
+    let stored = get_payment(&gateway, KEY, id).await;
+    assert_eq!(stored.json["status"], "failed");
+    assert_eq!(stored.json["attempts"][0]["outcome"], "unavailable");
+    // A card with a month that is not a number: the same, and no value is echoed.
+    let mut bad = card_payment(500, "EUR");
+    bad["card"]["exp_month"] = json!("4111111111111111");
+    let answer = pay(&gateway, &bad).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.json);
+    assert!(!answer.json.to_string().contains("4111111111111111"));
+    assert!(seen(&stripe).is_empty(), "nothing reached Stripe");
+    let log = std::fs::read_to_string(&gateway.log).expect("log");
+    assert!(!log.contains("4111111111111111"), "no card data in the log");
+    assert_eq!(
+        pay(&gateway, &card_payment(700, "EUR")).await.status,
+        StatusCode::ACCEPTED
+    );
+}

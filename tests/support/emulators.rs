@@ -9,8 +9,10 @@
 //!   idempotency and forced declines / 500 / 429.
 //!
 //! They are installed by `bash .ci/emulators.sh` into `$PAYGATE_EMULATORS` (default
-//! `$HOME/.cache/paygate-emulators`). A missing emulator fails the test with that instruction:
-//! never a silent skip. Every wait is bounded.
+//! `$HOME/.cache/paygate-emulators`), which the first emulator a test process starts runs
+//! (a fast no-op once installed), so `cargo test` alone works on a fresh machine. An
+//! emulator that is still missing fails the test with how to install it: never a silent
+//! skip. Every wait is bounded.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
@@ -81,9 +83,26 @@ pub fn emulators_dir() -> PathBuf {
     PathBuf::from(home).join(".cache/paygate-emulators")
 }
 
+/// Runs `.ci/emulators.sh` once per test process, so that `cargo test` alone sets the
+/// emulators up on a fresh machine (a fast no-op when they are installed at their versions).
+fn install_once() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/emulators.sh");
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .env("PAYGATE_EMULATORS", emulators_dir())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("emulators: {script} failed ({status:?})");
+        }
+    });
+}
+
 /// `path` inside the emulators folder, which must exist; otherwise the test fails saying how
 /// to install `what`.
 fn installed(what: &str, path: &str) -> PathBuf {
+    install_once();
     let full = emulators_dir().join(path);
     assert!(
         full.exists(),
