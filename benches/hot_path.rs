@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the request path's pieces, each alone: the adaptive decision
 //! over 3, 10 and 100 eligible channels, metric recording, an idempotency lookup in a store
-//! of 1,000,000 keys, and reading a 400-byte payment body.
+//! of 1,000,000 keys, reading a 400-byte payment body, and each PSP dialect's authorize
+//! request and the reading of its answer.
 //!
 //! Run: `cargo bench --bench hot_path`.
 
@@ -206,12 +207,61 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
+/// Each dialect's authorize, side by side on the same body: the PSP request built from it
+/// (`paygate-v1`: the body forwarded; `stripe`: the PaymentIntent form, after the
+/// PaymentMethod step; `adyen`: the `/payments` JSON) and the PSP's success answer read.
+fn dialects(c: &mut Criterion) {
+    use paygate::upstream::{Call, CallContext, Step, dialect};
+    let routes = "[[channels]]\nname = \"v1\"\nurl = \"http://127.0.0.1:9\"\n\n\
+        [[channels]]\nname = \"stripe\"\nurl = \"http://127.0.0.1:9\"\nprotocol = \"stripe\"\napi_key = \"env:PATH\"\n\n\
+        [[channels]]\nname = \"adyen\"\nurl = \"http://127.0.0.1:9\"\nprotocol = \"adyen\"\napi_key = \"env:PATH\"\n\
+        merchant_account = \"Bench\"\nreturn_url = \"https://shop.example/return\"\n";
+    let config = Config::parse(Path::new("bench.toml"), routes).expect("routes");
+    let context = CallContext {
+        paygate_id: "pay_01JD0000000000000000000000",
+        idempotency_key: "pay_01JD0000000000000000000000",
+        request_id: "req_01JD0000000000000000000000",
+        traceparent: None,
+    };
+    let cases = [
+        ("paygate_v1", Step::First, &br#"{"status":"succeeded","psp_reference":"a-1"}"#[..]),
+        (
+            "stripe",
+            Step::Then("pm_1".into()),
+            &br#"{"id":"pi_1","object":"payment_intent","status":"requires_capture","amount":1999}"#[..],
+        ),
+        (
+            "adyen",
+            Step::First,
+            &br#"{"pspReference":"PSP0000000000001","resultCode":"Authorised","merchantReference":"pay_01JD"}"#[..],
+        ),
+    ];
+    let mut group = c.benchmark_group("dialect_authorize");
+    for ((name, step, answer), channel) in cases.into_iter().zip(&config.channels) {
+        let psp = dialect(channel);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (body, _) =
+                    paygate::api::read_payment(black_box(BODY.as_bytes())).expect("valid");
+                let call = Call::Authorize { payment: &body };
+                let request = psp
+                    .request("http://psp", &call, &context, &step)
+                    .expect("a request");
+                black_box(request);
+                black_box(psp.reply(&call, &step, http::StatusCode::OK, black_box(answer)))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     decision,
     metrics,
     idempotency,
     journal_idempotency,
-    parse
+    parse,
+    dialects
 );
 criterion_main!(benches);

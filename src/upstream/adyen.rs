@@ -16,8 +16,9 @@
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::Full;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::card::Order;
@@ -50,61 +51,76 @@ impl Adyen {
         }
     }
 
-    fn payment(&self, order: &Order<'_>, paygate_id: &str) -> Result<Value, ProtocolError> {
+    fn payment<'a>(
+        &'a self,
+        order: &'a Order<'_>,
+        paygate_id: &'a str,
+    ) -> Result<PaymentRequest<'a>, ProtocolError> {
         let payment_method = match order.payment_method {
-            Some(raw) => serde_json::from_str::<Value>(raw.get())
-                .ok()
-                .filter(Value::is_object)
-                .ok_or_else(|| {
-                    ProtocolError("payment_method must be an Adyen paymentMethod object".into())
-                })?,
+            Some(raw) if raw.get().trim_start().starts_with('{') => PaymentMethod::Passed(raw),
+            Some(_) => {
+                return Err(ProtocolError(
+                    "payment_method must be an Adyen paymentMethod object".into(),
+                ));
+            }
             None => {
                 let card = order.card()?;
-                let mut method = json!({
-                    "type": "scheme",
-                    "number": card.number,
-                    "expiryMonth": format!("{:02}", card.exp_month),
-                    "expiryYear": card.exp_year.to_string(),
-                });
-                if let Some(cvc) = &card.cvc {
-                    method["cvc"] = json!(cvc);
+                PaymentMethod::Scheme {
+                    kind: "scheme",
+                    number: &card.number,
+                    expiry_month: format!("{:02}", card.exp_month),
+                    expiry_year: card.exp_year.to_string(),
+                    cvc: card.cvc.as_deref(),
+                    holder_name: card.holder_name.as_deref(),
                 }
-                if let Some(name) = &card.holder_name {
-                    method["holderName"] = json!(name);
-                }
-                method
             }
         };
-        let mut body = json!({
-            "amount": { "value": order.amount, "currency": order.currency },
-            "merchantAccount": self.merchant_account,
-            "reference": paygate_id,
-            "paymentMethod": payment_method,
-        });
-        let return_url = order.return_url.as_ref().or(self.return_url.as_ref());
-        let return_url = return_url.ok_or_else(|| {
-            ProtocolError(
-                "Adyen needs a returnUrl: set return_url on the channel or the payment".into(),
-            )
-        })?;
-        body["returnUrl"] = json!(return_url);
-        if order.capture {
-            body["captureDelayHours"] = json!(0);
-        } else {
-            body["additionalData"] = json!({ "manualCapture": "true" });
+        let return_url = order
+            .return_url
+            .as_deref()
+            .or(self.return_url.as_deref())
+            .ok_or_else(|| {
+                ProtocolError(
+                    "Adyen needs a returnUrl: set return_url on the channel or the payment".into(),
+                )
+            })?;
+        Ok(PaymentRequest {
+            amount: Amount {
+                value: order.amount,
+                currency: &order.currency,
+            },
+            merchant_account: &self.merchant_account,
+            reference: paygate_id,
+            payment_method,
+            return_url,
+            capture_delay_hours: order.capture.then_some(0),
+            additional_data: (!order.capture).then_some(ManualCapture {
+                manual_capture: "true",
+            }),
+            country_code: order.country.as_deref(),
+            metadata: Metadata(&order.metadata),
+        })
+    }
+
+    fn post(
+        &self,
+        base: &str,
+        path: &str,
+        body: Vec<u8>,
+        context: &CallContext<'_>,
+    ) -> Result<Request<Full<Bytes>>, ProtocolError> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{base}{path}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", idempotency_key(context.idempotency_key))
+            .header("x-request-id", context.request_id);
+        if let Some(api_key) = &self.api_key {
+            request = request.header("x-api-key", api_key.clone());
         }
-        if let Some(country) = &order.country {
-            body["countryCode"] = json!(country);
-        }
-        if !order.metadata.is_empty() {
-            let metadata: Map<String, Value> = order
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            body["metadata"] = Value::Object(metadata);
-        }
-        Ok(body)
+        request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ProtocolError(e.to_string()))
     }
 
     fn modification(&self, amount: u64, currency: &str, operation_id: &str) -> Value {
@@ -134,10 +150,12 @@ impl PspProtocol for Adyen {
         _step: &Step,
     ) -> Result<Request<Full<Bytes>>, ProtocolError> {
         let (path, body) = match *call {
-            Call::Authorize { payment } => (
-                "/payments".to_string(),
-                self.payment(&Order::read(payment)?, context.paygate_id)?,
-            ),
+            Call::Authorize { payment } => {
+                let order = Order::read(payment)?;
+                let body = serde_json::to_vec(&self.payment(&order, context.paygate_id)?)
+                    .map_err(|e| ProtocolError(e.to_string()))?;
+                return self.post(base, "/payments", body, context);
+            }
             Call::Capture {
                 psp_reference,
                 amount,
@@ -169,18 +187,7 @@ impl PspProtocol for Adyen {
             }
         };
         let body = serde_json::to_vec(&body).map_err(|e| ProtocolError(e.to_string()))?;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{base}{path}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", idempotency_key(context.idempotency_key))
-            .header("x-request-id", context.request_id);
-        if let Some(api_key) = &self.api_key {
-            request = request.header("x-api-key", api_key.clone());
-        }
-        request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ProtocolError(e.to_string()))
+        self.post(base, &path, body, context)
     }
 
     fn reply(&self, call: &Call<'_>, _step: &Step, status: StatusCode, body: &[u8]) -> Reply {
@@ -237,6 +244,71 @@ impl PspProtocol for Adyen {
 
     fn lookup(&self) -> Lookup {
         Lookup::WebhookOnly
+    }
+}
+
+/// `POST /payments`, as the spec names its fields.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentRequest<'a> {
+    amount: Amount<'a>,
+    merchant_account: &'a str,
+    reference: &'a str,
+    payment_method: PaymentMethod<'a>,
+    return_url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture_delay_hours: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    additional_data: Option<ManualCapture>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Amount<'a> {
+    value: u64,
+    currency: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PaymentMethod<'a> {
+    #[serde(rename_all = "camelCase")]
+    Scheme {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        number: &'a str,
+        expiry_month: String,
+        expiry_year: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cvc: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holder_name: Option<&'a str>,
+    },
+    /// The merchant's own `paymentMethod` object, as sent.
+    Passed(&'a RawValue),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ManualCapture {
+    manual_capture: &'static str,
+}
+
+/// The merchant's metadata as Adyen's string map.
+struct Metadata<'a>(&'a [(String, String)]);
+
+impl Metadata<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
     }
 }
 

@@ -5,7 +5,10 @@
 //! Card data read here goes into the PSP request and nowhere else: errors name the field,
 //! never its value.
 
-use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::protocol::ProtocolError;
@@ -44,16 +47,20 @@ impl<'a> Order<'a> {
             parse::<u64>(payment.get("amount"), "amount")?.ok_or_else(|| missing("amount"))?;
         let currency = parse::<String>(payment.get("currency"), "currency")?
             .ok_or_else(|| missing("currency"))?;
-        let metadata = match parse::<Value>(payment.get("metadata"), "metadata")? {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Object(fields)) => fields
-                .into_iter()
-                .map(|(key, value)| match value {
-                    Value::String(text) => (key, text),
-                    other => (key, other.to_string()),
-                })
-                .collect(),
-            Some(_) => return Err(ProtocolError("metadata must be an object".into())),
+        let metadata = match payment.get("metadata") {
+            Some(raw) if raw.get() != "null" => {
+                let fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
+                    .map_err(|_| ProtocolError("metadata must be an object".into()))?;
+                fields
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let text = serde_json::from_str::<String>(value.get())
+                            .unwrap_or_else(|_| value.get().to_string());
+                        (key, text)
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
         };
         Ok(Self {
             amount,
@@ -93,23 +100,67 @@ fn parse<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The card fields paygate reads; merchants send the expiry (and sometimes the number) as
+/// strings or numbers alike.
+#[derive(Deserialize)]
+struct RawCard<'a> {
+    #[serde(borrow, default)]
+    number: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    exp_month: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    exp_year: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    cvc: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    holder_name: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Text<'a>>,
+}
+
+/// A JSON string or number, as text.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor(std::marker::PhantomData))
+    }
+}
+
 fn card(raw: Option<&RawValue>) -> Result<Option<Card>, ProtocolError> {
-    let Some(Value::Object(card)) = parse::<Value>(raw, "card")? else {
+    let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
         return Ok(None);
     };
-    let text = |name: &str| match card.get(name) {
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    let number = |name: &str| text(name).and_then(|t| t.parse::<u32>().ok());
+    let card: RawCard<'_> = serde_json::from_str(raw.get())
+        .map_err(|_| ProtocolError("card must be an object of strings and numbers".into()))?;
+    let text = |field: Option<Text<'_>>| field.map(|t| t.0.into_owned());
+    let number = |field: Option<&Text<'_>>| field.and_then(|t| t.0.parse::<u32>().ok());
     let invalid = |field: &str| ProtocolError(format!("card.{field} is missing or not a number"));
     Ok(Some(Card {
-        number: text("number").ok_or_else(|| invalid("number"))?,
-        exp_month: number("exp_month").ok_or_else(|| invalid("exp_month"))?,
-        exp_year: number("exp_year").ok_or_else(|| invalid("exp_year"))?,
-        cvc: text("cvc"),
-        holder_name: text("holder_name").or_else(|| text("name")),
+        exp_month: number(card.exp_month.as_ref()).ok_or_else(|| invalid("exp_month"))?,
+        exp_year: number(card.exp_year.as_ref()).ok_or_else(|| invalid("exp_year"))?,
+        number: text(card.number).ok_or_else(|| invalid("number"))?,
+        cvc: text(card.cvc),
+        holder_name: text(card.holder_name).or_else(|| text(card.name)),
     }))
 }
 
