@@ -105,14 +105,17 @@ async fn settle(
     declines: &DeclineTable,
     event: &PspEvent,
 ) -> Option<Payment> {
-    let (status, code) = match &event.result {
+    let (status, raw_code) = match &event.result {
         EventResult::Succeeded => (PaymentStatus::Succeeded, None),
         EventResult::Failed { raw_code } => (
             PaymentStatus::Declined,
-            Some(declines.normalize(raw_code.as_deref().unwrap_or("declined"))),
+            Some(raw_code.as_deref().unwrap_or("declined")),
         ),
         EventResult::Pending => return None,
     };
+    // As for answers: a payment's decline is normalized, an operation's keeps the PSP's words.
+    let code = raw_code.map(str::to_string);
+    let decline_code = raw_code.map(|raw| declines.normalize(raw));
     let store = &gateway.store;
     let mut settled = None;
     match (&event.kind, &event.operation_id) {
@@ -180,7 +183,7 @@ async fn settle(
                 if event.psp_reference.is_some() {
                     p.psp_reference = event.psp_reference.clone();
                 }
-                p.decline_code = code.clone();
+                p.decline_code = decline_code.clone();
                 if status == PaymentStatus::Succeeded && p.capture {
                     p.captured_amount = p.amount;
                 }
@@ -218,8 +221,15 @@ fn pending_operation(
             .iter()
             .filter(|op| op.channel == channel.name && op.status == PaymentStatus::Pending)
     };
-    if let Some(op) = pending().find(|op| names(op, reference, event)) {
-        return Some(op.id.clone());
+    // An event that names an operation is about that one, even if it is settled already
+    // (a repeat): never another.
+    if let Some(op) = payment
+        .operations
+        .iter()
+        .find(|op| names(op, reference, event))
+    {
+        let open = op.channel == channel.name && op.status == PaymentStatus::Pending;
+        return open.then(|| op.id.clone());
     }
     let mut of_kind = pending().filter(|op| {
         op.kind == kind

@@ -32,6 +32,7 @@ use super::protocol::{
     Call, CallContext, Lookup, ProtocolError, PspProtocol, Reply, Step, refused_unprocessed,
 };
 use crate::config::Channel;
+use crate::payload::PaymentBody;
 
 /// The API version paygate's mapping was written against.
 pub const DEFAULT_API_VERSION: &str = "2023-08-16";
@@ -65,9 +66,9 @@ impl Stripe {
     }
 }
 
-/// Whether the merchant passed a Stripe PaymentMethod instead of card data.
-fn token(order: &Order<'_>) -> Option<String> {
-    let raw = order.payment_method?;
+/// The Stripe PaymentMethod the merchant passed instead of card data, if any.
+fn token(payment: &PaymentBody<'_>) -> Option<String> {
+    let raw = payment.get("payment_method")?;
     serde_json::from_str::<String>(raw.get())
         .ok()
         .filter(|t| t.starts_with("pm_"))
@@ -107,7 +108,7 @@ impl PspProtocol for Stripe {
         let (method, path, form) = match (call, step) {
             (Call::Authorize { payment }, step) => {
                 let order = Order::read(payment)?;
-                match (token(&order), step) {
+                match (token(payment), step) {
                     (Some(token), _) => (
                         Method::POST,
                         "/v1/payment_intents".to_string(),
@@ -280,9 +281,7 @@ impl PspProtocol for Stripe {
             }
         }
         let parsed = match (call, step) {
-            (Call::Authorize { payment }, Step::First)
-                if Order::read(payment).is_ok_and(|order| token(&order).is_none()) =>
-            {
+            (Call::Authorize { payment }, Step::First) if token(payment).is_none() => {
                 serde_json::from_slice::<Object>(body).map(|pm| Reply::Then(pm.id))
             }
             (Call::Refund { .. }, _) => serde_json::from_slice::<Refund>(body).map(Refund::reply),
@@ -319,9 +318,7 @@ impl PspProtocol for Stripe {
     /// The PaymentMethod step moves no money.
     fn may_move_money(&self, call: &Call<'_>, step: &Step) -> bool {
         match (call, step) {
-            (Call::Authorize { payment }, Step::First) => {
-                Order::read(payment).map_or(true, |order| token(&order).is_some())
-            }
+            (Call::Authorize { payment }, Step::First) => token(payment).is_some(),
             _ => true,
         }
     }
