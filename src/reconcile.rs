@@ -164,6 +164,7 @@ async fn reconcile(gateway: Arc<Gateway>, payment: Payment, age: Duration) {
         p.status = status;
         p.reconciled = true;
         p.in_doubt_until_ms = None;
+        p.next_action = None;
         if psp_reference.is_some() {
             p.psp_reference = psp_reference.clone();
         }

@@ -134,6 +134,10 @@ async fn stripe_lifecycle_against_localstripe_and_every_request_valid_for_stripe
         .as_str()
         .expect("pi")
         .to_string();
+    // The PSP's action for the shopper reaches the merchant as Stripe described it.
+    let action = &challenged.json["next_action"];
+    assert!(action["type"].is_string(), "{}", challenged.json);
+    assert_eq!(*action, intent(&localstripe, &pi3).await["next_action"]);
     let secret = intent(&localstripe, &pi3).await["client_secret"]
         .as_str()
         .expect("client_secret")
@@ -161,6 +165,7 @@ async fn stripe_lifecycle_against_localstripe_and_every_request_valid_for_stripe
         if now["status"] != "pending" {
             assert_eq!(now["status"], "succeeded", "{now}");
             assert_eq!(now["reconciled"], true);
+            assert!(now.get("next_action").is_none(), "{now}");
             break;
         }
         assert!(

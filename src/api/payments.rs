@@ -198,6 +198,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
                 p.channel = Some(attempt.channel.clone());
                 p.psp_reference = attempt.psp_reference.clone();
                 p.decline_code = attempt.decline_code.clone();
+                p.next_action = exchange.action.clone();
                 if status != PaymentStatus::Pending {
                     p.in_doubt_until_ms = None;
                 }
@@ -461,6 +462,7 @@ impl NewPayment {
             psp_reference: None,
             decline_code: None,
             card: self.card,
+            next_action: None,
             captured_amount: 0,
             refunded_amount: 0,
             reconciled: false,

@@ -180,6 +180,7 @@ async fn settle(
                 p.status = status;
                 p.reconciled = true;
                 p.in_doubt_until_ms = None;
+                p.next_action = None;
                 if event.psp_reference.is_some() {
                     p.psp_reference = event.psp_reference.clone();
                 }

@@ -673,6 +673,7 @@ mod tests {
             psp_reference: None,
             decline_code: None,
             card: None,
+            next_action: None,
             captured_amount: 0,
             refunded_amount: 0,
             reconciled: false,

@@ -139,6 +139,10 @@ pub struct Payment {
     pub decline_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub card: Option<MaskedCard>,
+    /// While pending: what the shopper must do for the PSP to decide (3-D Secure redirect or
+    /// challenge), as the PSP described it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_action: Option<serde_json::Value>,
     /// Amount captured so far (the whole amount for `"capture": true`).
     pub captured_amount: u64,
     pub refunded_amount: u64,

@@ -230,7 +230,10 @@ impl PspProtocol for Adyen {
         match call {
             Call::Authorize { .. } => answer.payment(),
             _ => match (answer.status.as_deref(), answer.psp_reference) {
-                (Some("received"), psp_reference) => Reply::Pending { psp_reference },
+                (Some("received"), psp_reference) => Reply::Pending {
+                    psp_reference,
+                    action: None,
+                },
                 (other, _) => Reply::Error {
                     reason: answered(&format!("with modification status {other:?}")),
                 },
@@ -327,6 +330,8 @@ struct Answer {
     refusal_reason_code: Option<String>,
     /// Modifications: `received`.
     status: Option<String>,
+    /// What the shopper must do (redirect, 3-D Secure challenge), for the merchant.
+    action: Option<Value>,
 }
 
 impl Answer {
@@ -353,10 +358,97 @@ impl Answer {
                     | "AuthenticationNotRequired",
                 ),
                 psp_reference,
-            ) => Reply::Pending { psp_reference },
+            ) => Reply::Pending {
+                psp_reference,
+                action: self.action,
+            },
             (other, _) => Reply::Error {
                 reason: format!("Adyen answered resultCode {other:?}"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adyen() -> Adyen {
+        Adyen {
+            api_key: None,
+            merchant_account: "M".into(),
+            return_url: Some("https://shop.example/r".into()),
+        }
+    }
+
+    #[test]
+    fn reads_payment_answers_and_the_shoppers_action() {
+        let body =
+            crate::payload::PaymentBody::parse(br#"{"amount":5,"currency":"EUR"}"#).expect("body");
+        let call = Call::Authorize { payment: &body };
+        let read = |status: u16, answer: &str| {
+            adyen().reply(
+                &call,
+                &Step::First,
+                StatusCode::from_u16(status).expect("status"),
+                answer.as_bytes(),
+            )
+        };
+        assert_eq!(
+            read(200, r#"{"pspReference":"P1","resultCode":"Authorised"}"#),
+            Reply::Succeeded {
+                psp_reference: "P1".into()
+            }
+        );
+        assert_eq!(
+            read(
+                200,
+                r#"{"pspReference":"P2","resultCode":"Refused","refusalReason":"Not enough balance","refusalReasonCode":"12"}"#
+            ),
+            Reply::Declined {
+                psp_reference: Some("P2".into()),
+                code: "12".into()
+            }
+        );
+        assert_eq!(
+            read(
+                200,
+                r#"{"pspReference":"P3","resultCode":"RedirectShopper","action":{"type":"redirect","url":"https://bank.example/3ds","method":"GET"}}"#
+            ),
+            Reply::Pending {
+                psp_reference: Some("P3".into()),
+                action: Some(
+                    serde_json::json!({"type":"redirect","url":"https://bank.example/3ds","method":"GET"})
+                ),
+            }
+        );
+        assert!(matches!(
+            read(
+                422,
+                r#"{"status":422,"errorCode":"704","errorType":"validation"}"#
+            ),
+            Reply::Error { .. }
+        ));
+        assert!(matches!(
+            read(
+                422,
+                r#"{"status":422,"errorCode":"130","errorType":"validation"}"#
+            ),
+            Reply::Unavailable { .. }
+        ));
+        assert!(matches!(read(429, "{}"), Reply::Unavailable { .. }));
+        assert!(matches!(read(500, "{}"), Reply::Error { .. }));
+        assert!(matches!(
+            read(200, r#"{"resultCode":"Maybe"}"#),
+            Reply::Error { .. }
+        ));
+    }
+
+    #[test]
+    fn long_keys_are_hashed_to_64_characters() {
+        assert_eq!(idempotency_key("pay_1"), "pay_1");
+        let long = "k".repeat(100);
+        assert_eq!(idempotency_key(&long).len(), 64);
+        assert_eq!(idempotency_key(&long), idempotency_key(&long));
     }
 }

@@ -73,6 +73,8 @@ pub struct Exchange {
     pub latency: Duration,
     /// Why a call failed, for logs; never shown to merchants verbatim.
     pub detail: Option<String>,
+    /// A pending answer's shopper action (3-D Secure), for the merchant.
+    pub action: Option<serde_json::Value>,
     /// A status query the PSP answered with "no such payment".
     pub unknown_to_psp: bool,
     /// The call was sent a second time to the same channel with the same key: on a fresh
@@ -255,8 +257,13 @@ impl ChannelClient {
                 declined.decline_code = Some(normalized);
                 declined
             }
-            Ok(Reply::Pending { psp_reference }) => {
-                exchange(Outcome::Pending, psp_reference, latency, None)
+            Ok(Reply::Pending {
+                psp_reference,
+                action,
+            }) => {
+                let mut pending = exchange(Outcome::Pending, psp_reference, latency, None);
+                pending.action = action;
+                pending
             }
             Ok(Reply::Unavailable { reason }) => {
                 exchange(Outcome::Unavailable, None, latency, Some(reason))
@@ -403,6 +410,7 @@ fn exchange(
         psp_reference,
         decline_code: None,
         psp_code: None,
+        action: None,
         latency,
         detail,
         unknown_to_psp: false,

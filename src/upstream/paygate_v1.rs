@@ -137,7 +137,10 @@ impl PspProtocol for PaygateV1 {
                 psp_reference,
                 code: answer.decline_code.unwrap_or_else(|| "declined".into()),
             },
-            ("pending", psp_reference) if status.is_success() => Reply::Pending { psp_reference },
+            ("pending", psp_reference) if status.is_success() => Reply::Pending {
+                psp_reference,
+                action: None,
+            },
             (other, _) => Reply::Error {
                 reason: format!("PSP answered {} with status {other:?}", status.as_u16()),
             },

@@ -62,8 +62,11 @@ pub enum Reply {
         psp_reference: Option<String>,
         code: String,
     },
+    /// `action`: what the shopper must do for the PSP to decide (3-D Secure: a redirect or a
+    /// challenge), as the PSP describes it, for the merchant.
     Pending {
         psp_reference: Option<String>,
+        action: Option<serde_json::Value>,
     },
     /// This step is done and moved no money yet; the call goes on with the next request,
     /// built from what this answer gave (Stripe: the PaymentMethod's id).

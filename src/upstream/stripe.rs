@@ -364,6 +364,8 @@ struct Intent {
     id: String,
     status: String,
     last_payment_error: Option<StripeError>,
+    /// `requires_action`: what the customer must do (`redirect_to_url`, `use_stripe_sdk`).
+    next_action: Option<serde_json::Value>,
 }
 
 impl Intent {
@@ -374,6 +376,7 @@ impl Intent {
             },
             "processing" | "requires_action" => Reply::Pending {
                 psp_reference: Some(self.id),
+                action: self.next_action,
             },
             "requires_payment_method" | "canceled" => Reply::Declined {
                 code: self
@@ -404,6 +407,7 @@ impl Refund {
             },
             Some("pending" | "requires_action") | None => Reply::Pending {
                 psp_reference: Some(self.id),
+                action: None,
             },
             Some(_) => Reply::Declined {
                 psp_reference: Some(self.id),
