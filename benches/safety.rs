@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use paygate::config::Config;
 use paygate::gateway::Gateway;
-use paygate::layers::{Authenticate, CheckLayer, IdempotencyLayer, RateLimit};
+use paygate::layers::{Authenticate, CheckLayer, IdempotencyLayer, RateLimitLayer};
 use paygate::store::MemoryStore;
 use paygate::store::idempotency::MemoryIdempotency;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -73,7 +73,7 @@ fn bench_safety(c: &mut Criterion) {
     });
     let stack = ServiceBuilder::new()
         .layer(CheckLayer(Authenticate(gateway.clone())))
-        .layer(CheckLayer(RateLimit(gateway.clone())))
+        .layer(RateLimitLayer(gateway.clone()))
         .layer(IdempotencyLayer(gateway.clone()))
         .service(api);
     let mut group = c.benchmark_group("safety_layers");
@@ -124,7 +124,7 @@ fn bench_safety(c: &mut Criterion) {
     group.bench_function("auth_rate_limit_only", |b| {
         let mut checks = ServiceBuilder::new()
             .layer(CheckLayer(Authenticate(gateway.clone())))
-            .layer(CheckLayer(RateLimit(gateway.clone())))
+            .layer(RateLimitLayer(gateway.clone()))
             .service(api);
         b.to_async(&runtime).iter(|| {
             let request = Request::post("/v1/payments")

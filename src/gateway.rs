@@ -60,6 +60,8 @@ pub struct Gateway {
     simulators: HashMap<String, SocketAddr>,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Cluster mode: the state replicas share (Redis); None on a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Why a reload was refused; the old config keeps serving.
@@ -109,7 +111,14 @@ impl Gateway {
             in_flight: AtomicUsize::new(0),
             simulators,
             reloading: Mutex::new(()),
+            cluster: None,
         })
+    }
+
+    /// Shares the rate limits with the other replicas through `cluster`.
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.cluster = Some(Arc::new(cluster));
+        self
     }
 
     /// The snapshot a request should use from start to end.

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod layers;

@@ -87,6 +87,7 @@ pub struct Metrics {
     resends: IntCounterVec,
     reconciliations: IntCounterVec,
     psp_webhook_events: IntCounterVec,
+    cluster_errors: IntCounterVec,
     pub idempotency_keys: IntGauge,
     open_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
@@ -344,6 +345,12 @@ impl Metrics {
                 "Status queries for payments in doubt, by what they found (succeeded, declined, never_received, pending, error).",
                 &["channel", "result"],
             ),
+            cluster_errors: counter_vec(
+                r,
+                "paygate_cluster_errors_total",
+                "Calls to the cluster's shared store (Redis) that failed or timed out, by the feature that made them; each was handled by that feature's fail_open / fail_closed policy.",
+                &["feature"],
+            ),
             psp_webhook_events: counter_vec(
                 r,
                 "paygate_psp_webhook_events_total",
@@ -438,6 +445,11 @@ impl Metrics {
         self.reconciliations
             .with_label_values(&[channel, result])
             .inc();
+    }
+
+    /// A call to the cluster's shared store that failed or timed out.
+    pub fn cluster_error(&self, feature: &str) {
+        self.cluster_errors.with_label_values(&[feature]).inc();
     }
 
     /// The events of one verified PSP webhook.

@@ -107,6 +107,8 @@ pub struct Config {
     pub idempotency: Idempotency,
     pub journal: Journal,
     pub reconciliation: Reconciliation,
+    /// `[cluster]`: None for a single node.
+    pub cluster: Option<Cluster>,
     /// Risk rules for every merchant (each merchant adds its own).
     pub risk: Risk,
     pub rule_index: RuleIndex,
@@ -233,6 +235,27 @@ pub enum JournalSync {
     Batch,
     /// At once; the record follows within a batch.
     Async,
+}
+
+/// `[cluster]`: where replicas share state, and what each feature does while Redis cannot
+/// answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub redis_url: String,
+    /// Every key paygate writes starts with it (replicas of one gateway share it).
+    pub key_prefix: String,
+    /// Every Redis call is bounded by it.
+    pub timeout: Duration,
+    pub rate_limits: FailPolicy,
+}
+
+/// What a shared feature does while its store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPolicy {
+    /// Go on without it (a rate limit not enforced for a while costs no money).
+    Open,
+    /// Refuse with 503 (where going on could cost money).
+    Closed,
 }
 
 /// `[journal]`.

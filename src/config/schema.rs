@@ -35,6 +35,18 @@ pub struct RawFile {
     pub journal: RawJournal,
     #[serde(default)]
     pub reconciliation: RawReconciliation,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: state shared by replicas through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis_url: Spanned<String>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// `fail_open` (default) or `fail_closed`.
+    pub rate_limits: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -75,6 +75,7 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
     let idempotency = check.idempotency(&raw.idempotency);
     let journal = check.journal(&raw.journal);
     let reconciliation = check.reconciliation(&raw.reconciliation);
+    let cluster = raw.cluster.as_ref().map(|c| check.cluster(c));
     let risk = check.risk(&raw.risk);
     if !check.problems.is_empty() {
         check.problems.sort_by_key(|p| (p.line, p.column));
@@ -104,6 +105,7 @@ pub(super) fn build(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         idempotency,
         journal,
         reconciliation,
+        cluster,
         risk,
         rule_index,
         merchant_by_key,
@@ -591,6 +593,40 @@ impl<'a> Checker<'a> {
             );
         }
         raw.get_ref().clone()
+    }
+
+    fn cluster(&mut self, raw: &RawCluster) -> Cluster {
+        let url = raw.redis_url.get_ref();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            self.problem(
+                &raw.redis_url.span(),
+                format!("redis_url {url:?} must be a redis:// or rediss:// URL"),
+            );
+        }
+        let rate_limits = match &raw.rate_limits {
+            None => FailPolicy::Open,
+            Some(policy) => match policy.get_ref().as_str() {
+                "fail_open" => FailPolicy::Open,
+                "fail_closed" => FailPolicy::Closed,
+                other => {
+                    self.problem(
+                        &policy.span(),
+                        format!("rate_limits {other:?}: write \"fail_open\" or \"fail_closed\""),
+                    );
+                    FailPolicy::Open
+                }
+            },
+        };
+        let timeout = self.positive(raw.timeout_ms.as_ref(), 50, "timeout_ms");
+        Cluster {
+            redis_url: url.clone(),
+            key_prefix: raw
+                .key_prefix
+                .as_ref()
+                .map_or_else(|| "paygate:".to_string(), |p| p.get_ref().clone()),
+            timeout: Duration::from_millis(timeout),
+            rate_limits,
+        }
     }
 
     fn journal(&mut self, raw: &RawJournal) -> Journal {

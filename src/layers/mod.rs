@@ -33,7 +33,7 @@ pub use framing::{Framing, TwoLengths};
 pub use idempotency::{IdempotencyLayer, KeyScope};
 pub use limits::SizeLimits;
 pub use metrics::MetricsLayer;
-pub use rate_limit::RateLimit;
+pub use rate_limit::RateLimitLayer;
 pub use request_id::{RequestId, RequestIdLayer};
 pub use shed::ShedLayer;
 

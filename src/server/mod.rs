@@ -26,7 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::gateway::{Gateway, Reloaded};
 use crate::layers::{
     Authenticate, BodyLayer, CheckLayer, Deadlines, Framing, IdempotencyLayer, MetricsLayer,
-    RateLimit, RequestIdLayer, ShedLayer, SizeLimits,
+    RateLimitLayer, RequestIdLayer, ShedLayer, SizeLimits,
 };
 use crate::store::JournalStore;
 
@@ -56,6 +56,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("merchant TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
@@ -78,7 +80,16 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     };
     let journal = Arc::new(JournalStore::open(&config.journal)?);
     tracing::info!(journal = %journal.path().display(), "journal open");
-    let gateway = Arc::new(Gateway::new(config, simulators, journal.clone(), journal)?);
+    let cluster = match &config.cluster {
+        Some(settings) => Some(crate::cluster::Cluster::connect(settings).await?),
+        None => None,
+    };
+    let mut gateway = Gateway::new(config, simulators, journal.clone(), journal)?;
+    if let Some(cluster) = cluster {
+        tracing::info!("cluster mode: rate limits shared through Redis");
+        gateway = gateway.with_cluster(cluster);
+    }
+    let gateway = Arc::new(gateway);
     let merchant = bind(server.listen).await?;
     let admin = bind(server.admin_listen).await?;
     let watching = watch_routes(&gateway);
@@ -105,7 +116,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
             max_body_bytes: server.max_body_bytes,
         })
         .layer(CheckLayer(Authenticate(gateway.clone())))
-        .layer(CheckLayer(RateLimit(gateway.clone())))
+        .layer(RateLimitLayer(gateway.clone()))
         .layer(IdempotencyLayer(gateway.clone()))
         .service(Api::new(gateway.clone()));
     let settings = connections::Settings {

@@ -1,0 +1,152 @@
+//! Cluster mode (`[cluster] redis_url`): what paygate replicas share through Redis. Today:
+//! the gateway-wide and per-merchant rate limits, as one atomic GCRA script per request (one
+//! round trip for both limits), on Redis' own clock so that replicas' clocks do not matter.
+//!
+//! Owns the Redis connection (one multiplexed connection per process, reconnecting by
+//! itself) and the bound on every call (`timeout_ms`). It says allowed, limited or "Redis did
+//! not answer"; what a request does about the last is its layer's policy (`rate_limits =
+//! "fail_open" | "fail_closed"`). Must not keep request state of its own.
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::config::{Cluster as Settings, RateLimit};
+
+/// Both limits in one script: KEYS = the gateway's and the merchant's buckets, ARGV = each
+/// one's emission interval and tolerance in microseconds (0: no limit). GCRA: a request is
+/// allowed while its theoretical arrival time stays within `tolerance` of now. Returns
+/// {0, 0} when allowed (both buckets advanced), or {1 | 2, wait in µs} for the limit that
+/// refused (nothing advanced).
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local new = {}
+for i = 1, 2 do
+  local interval = tonumber(ARGV[i * 2 - 1])
+  local tolerance = tonumber(ARGV[i * 2])
+  if interval > 0 then
+    local tat = tonumber(redis.call('GET', KEYS[i])) or now
+    if tat < now then tat = now end
+    local over = tat - now - tolerance
+    if over > 0 then return {i, math.ceil(over)} end
+    new[i] = tat + interval
+  end
+end
+for i = 1, 2 do
+  if new[i] then
+    redis.call('SET', KEYS[i], string.format('%.0f', new[i]), 'PX', math.ceil((new[i] - now) / 1000) + 1000)
+  end
+end
+return {0, 0}
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Redis at {url}: {source}")]
+    Connect {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Which shared limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    Gateway,
+    Merchant,
+}
+
+pub struct Cluster {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    gcra: Script,
+}
+
+impl Cluster {
+    /// Connects (bounded by the timeout, at least a second); later outages are reconnected by
+    /// the connection itself.
+    pub async fn connect(settings: &Settings) -> Result<Self, ClusterError> {
+        let connect = |source| ClusterError::Connect {
+            url: settings.redis_url.clone(),
+            source,
+        };
+        let client = redis::Client::open(settings.redis_url.as_str()).map_err(connect)?;
+        let wait = settings.timeout.max(Duration::from_secs(1));
+        let connection = tokio::time::timeout(wait, client.get_connection_manager())
+            .await
+            .map_err(|_| ClusterError::Timeout(wait))?
+            .map_err(connect)?;
+        Ok(Self {
+            connection,
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout,
+            gcra: Script::new(GCRA),
+        })
+    }
+
+    /// Takes one request from the gateway's and the merchant's shared buckets, or says which
+    /// refused and for how long.
+    pub async fn admit(
+        &self,
+        gateway: Option<RateLimit>,
+        merchant: &str,
+        merchant_quota: Option<RateLimit>,
+    ) -> Result<Result<(), (Limited, Duration)>, ClusterError> {
+        if gateway.is_none() && merchant_quota.is_none() {
+            return Ok(Ok(()));
+        }
+        let mut invocation = self.gcra.prepare_invoke();
+        invocation
+            .key(format!("{}rl:gateway", self.prefix))
+            .key(format!("{}rl:merchant:{merchant}", self.prefix));
+        for quota in [gateway, merchant_quota] {
+            let (interval, tolerance) = quota.map_or((0, 0), gcra_parameters);
+            invocation.arg(interval).arg(tolerance);
+        }
+        let mut connection = self.connection.clone();
+        let (refused, wait_us): (u8, u64) =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| ClusterError::Timeout(self.timeout))??;
+        let wait = Duration::from_micros(wait_us);
+        Ok(match refused {
+            0 => Ok(()),
+            1 => Err((Limited::Gateway, wait)),
+            _ => Err((Limited::Merchant, wait)),
+        })
+    }
+}
+
+/// GCRA's emission interval and tolerance (µs) for a quota: `burst` requests at once, then
+/// `per_second`.
+fn gcra_parameters(quota: RateLimit) -> (u64, u64) {
+    let interval = 1_000_000 / u64::from(quota.per_second.max(1));
+    let burst = u64::from(quota.burst.max(1));
+    (interval, interval * (burst - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_n_tolerates_n_minus_one_intervals() {
+        let quota = RateLimit {
+            per_second: 100,
+            burst: 10,
+        };
+        assert_eq!(gcra_parameters(quota), (10_000, 90_000));
+        let zero = RateLimit {
+            per_second: 0,
+            burst: 0,
+        };
+        assert_eq!(gcra_parameters(zero), (1_000_000, 0));
+    }
+}

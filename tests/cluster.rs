@@ -1,0 +1,235 @@
+//! Cluster mode through the real binary: replicas share the merchant and gateway rate limits
+//! through a real Redis on 127.0.0.1 (each test under its own key prefix), and while Redis is
+//! gone the configured policy holds (`fail_open`: payments go on, counted; `fail_closed`:
+//! 503), then service resumes when Redis is back, without a restart.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+/// The machine's Redis (`.ci/run` starts it when it is down).
+const REDIS: &str = "127.0.0.1:6379";
+
+fn redis_is_up(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().expect("address"), Duration::from_secs(1))
+        .is_ok()
+}
+
+fn require_redis() {
+    assert!(
+        redis_is_up(REDIS),
+        "Redis is not running on {REDIS}: start it with `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no` (.ci/run does)"
+    );
+}
+
+/// A key prefix no other test or run shares.
+fn prefix() -> String {
+    format!("paygate-test-{}-{}:", std::process::id(), unix_now_nanos())
+}
+
+fn unix_now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+fn routes(
+    redis: &str,
+    prefix: &str,
+    policy: &str,
+    per_second: u32,
+    burst: u32,
+    sim: &Process,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[cluster]
+redis_url = "redis://{redis}"
+key_prefix = "{prefix}"
+timeout_ms = 200
+rate_limits = "{policy}"
+
+[[merchants]]
+id = "demo"
+api_key_sha256 = "{KEY_SHA256}"
+rate_limit = {{ per_second = {per_second}, burst = {burst} }}
+{}
+[[rules]]
+name = "all"
+channels = ["a"]
+"#,
+        channel("a", sim, "")
+    )
+}
+
+#[tokio::test]
+async fn replicas_share_one_merchant_limit() {
+    require_redis();
+    let sim = Process::mock_psp(&["--name", "a", "--success-rate", "1"]).await;
+    let prefix = prefix();
+    let text = routes(REDIS, &prefix, "fail_open", 1, 10, &sim);
+    let a = Process::gateway(&text).await;
+    let b = Process::gateway(&text).await;
+    let mut accepted = [0u32; 2];
+    let mut limited = [0u32; 2];
+    for i in 0..30 {
+        let replica = i % 2;
+        let gateway = if replica == 0 { &a } else { &b };
+        let answer = pay(gateway, &card_payment(100, "EUR")).await;
+        match answer.status {
+            StatusCode::CREATED => accepted[replica] += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(answer.error_type(), "rate_limited");
+                assert!(!answer.header("retry-after").is_empty());
+                limited[replica] += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.json),
+        }
+    }
+    let total = accepted[0] + accepted[1];
+    // One bucket of 10 for both replicas (plus at most the refill of the run's few seconds);
+    // two separate buckets would have let 20 through.
+    assert!(
+        (10..=13).contains(&total),
+        "accepted {accepted:?}, limited {limited:?}"
+    );
+    assert!(
+        limited[0] > 0 && limited[1] > 0,
+        "both replicas enforce the shared limit"
+    );
+    assert_eq!(sim.stats().await["payments"], u64::from(total));
+    assert_eq!(
+        a.metric("paygate_rate_limited_total{scope=\"merchant\"}")
+            .await
+            + b.metric("paygate_rate_limited_total{scope=\"merchant\"}")
+                .await,
+        f64::from(limited[0] + limited[1])
+    );
+}
+
+/// A Redis of the test's own, on a port of its own, to stop and start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis_is_up(&format!("127.0.0.1:{port}")) {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The statuses of `n` payments in a row.
+async fn statuses(gateway: &Process, n: usize) -> Vec<u16> {
+    let mut seen = Vec::with_capacity(n);
+    for _ in 0..n {
+        seen.push(
+            pay(gateway, &card_payment(100, "EUR"))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    seen
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_run_fails_open_or_closed_as_configured_and_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let addr = format!("127.0.0.1:{}", redis.port);
+    let sim = Process::mock_psp(&["--name", "a", "--success-rate", "1"]).await;
+    let open = Process::gateway(&routes(&addr, &prefix(), "fail_open", 1, 2, &sim)).await;
+    let closed = Process::gateway(&routes(&addr, &prefix(), "fail_closed", 1, 2, &sim)).await;
+    assert_eq!(statuses(&open, 3).await, [201, 201, 429]);
+    assert_eq!(statuses(&closed, 3).await, [201, 201, 429]);
+
+    redis.stop();
+    // fail_open: a limit not enforced for a while costs no money, payments go on.
+    assert_eq!(statuses(&open, 3).await, [201, 201, 201]);
+    assert!(
+        open.metric("paygate_cluster_errors_total{feature=\"rate_limits\"}")
+            .await
+            >= 3.0
+    );
+    // fail_closed: 503 `overloaded`, nothing sent.
+    let refused = pay(&closed, &card_payment(100, "EUR")).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.error_type(), "overloaded");
+
+    // Redis back (empty): the shared limit holds again, without a restart.
+    let _redis = OwnRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = pay(&closed, &card_payment(100, "EUR")).await.status;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "not recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = statuses(&closed, 3).await;
+    assert!(after.contains(&429) && !after.contains(&503), "{after:?}");
+    assert_eq!(
+        open.metric("paygate_payments_total{channel=\"a\",merchant=\"demo\",status=\"succeeded\"}")
+            .await,
+        5.0
+    );
+}
