@@ -1,6 +1,10 @@
 //! Cluster mode (`[cluster] redis_url`): what paygate replicas share through Redis. Today:
-//! the gateway-wide and per-merchant rate limits, as one atomic GCRA script per request (one
-//! round trip for both limits), on Redis' own clock so that replicas' clocks do not matter.
+//! - the gateway-wide and per-merchant rate limits, as one atomic GCRA script per request
+//!   (one round trip for both limits), on Redis' own clock so that replicas' clocks do not
+//!   matter;
+//! - the claim on each `Idempotency-Key` (one round trip when a key is new to a replica):
+//!   the first replica to claim a key processes it, and the same key on another replica is
+//!   refused, never sent to a PSP a second time.
 //!
 //! Owns the Redis connection (one multiplexed connection per process, reconnecting by
 //! itself) and the bound on every call (`timeout_ms`). It says allowed, limited or "Redis did
@@ -11,6 +15,7 @@ use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster as Settings, RateLimit};
 
@@ -42,6 +47,35 @@ end
 return {0, 0}
 ";
 
+/// Claims a key for this request's fingerprint: 0 claimed now, 1 already claimed for the same
+/// request, 2 claimed for another request.
+const CLAIM: &str = r"
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 0
+end
+if held == ARGV[1] then return 1 end
+return 2
+";
+
+/// Frees a claim, only if it is still this request's.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Who holds an idempotency key across the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This request: process it.
+    Won,
+    /// The same request, first taken by another replica (or still held for it).
+    Elsewhere,
+    /// Another request under the same key.
+    Mismatch,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("Redis at {url}: {source}")]
@@ -67,6 +101,8 @@ pub struct Cluster {
     prefix: String,
     timeout: Duration,
     gcra: Script,
+    claim: Script,
+    release: Script,
 }
 
 impl Cluster {
@@ -88,7 +124,60 @@ impl Cluster {
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             gcra: Script::new(GCRA),
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
         })
+    }
+
+    /// The Redis key of an idempotency scope (a merchant and its key): hashed, so that any
+    /// printable key makes a short, safe name.
+    fn key_of(&self, scope: &str) -> String {
+        format!(
+            "{}idem:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(scope.as_bytes()))
+        )
+    }
+
+    /// Claims the idempotency `scope` for the request with `fingerprint`, for `ttl`.
+    pub async fn claim(
+        &self,
+        scope: &str,
+        fingerprint: &[u8; 32],
+        ttl: Duration,
+    ) -> Result<Claim, ClusterError> {
+        let mut invocation = self.claim.prepare_invoke();
+        invocation
+            .key(self.key_of(scope))
+            .arg(hex::encode(fingerprint))
+            .arg(ttl.as_millis().max(1) as u64);
+        let held: u8 = self.call(invocation).await?;
+        Ok(match held {
+            0 => Claim::Won,
+            1 => Claim::Elsewhere,
+            _ => Claim::Mismatch,
+        })
+    }
+
+    /// Frees a key this request claimed (it surely charged nothing, so the key may be used
+    /// afresh, on any replica).
+    pub async fn release(&self, scope: &str, fingerprint: &[u8; 32]) -> Result<(), ClusterError> {
+        let mut invocation = self.release.prepare_invoke();
+        invocation
+            .key(self.key_of(scope))
+            .arg(hex::encode(fingerprint));
+        self.call::<u8>(invocation).await.map(|_| ())
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, ClusterError> {
+        let mut connection = self.connection.clone();
+        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
+            .await
+            .map_err(|_| ClusterError::Timeout(self.timeout))?
+            .map_err(ClusterError::Redis)
     }
 
     /// Takes one request from the gateway's and the merchant's shared buckets, or says which
@@ -110,11 +199,7 @@ impl Cluster {
             let (interval, tolerance) = quota.map_or((0, 0), gcra_parameters);
             invocation.arg(interval).arg(tolerance);
         }
-        let mut connection = self.connection.clone();
-        let (refused, wait_us): (u8, u64) =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
-                .await
-                .map_err(|_| ClusterError::Timeout(self.timeout))??;
+        let (refused, wait_us): (u8, u64) = self.call(invocation).await?;
         let wait = Duration::from_micros(wait_us);
         Ok(match refused {
             0 => Ok(()),

@@ -203,6 +203,22 @@ async fn redis_stopped_mid_run_fails_open_or_closed_as_configured_and_recovers()
             .await
             >= 3.0
     );
+    // Idempotency keys default to fail_closed: a keyed payment is not sent (503) rather than
+    // risk a double charge across replicas.
+    let before = sim.stats().await["payments"].as_u64().unwrap_or(0);
+    let keyed = pay_with_key(&open, "order-redis-down", &card_payment(100, "EUR")).await;
+    assert_eq!(
+        keyed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        keyed.json
+    );
+    assert_eq!(sim.stats().await["payments"].as_u64().unwrap_or(0), before);
+    assert!(
+        open.metric("paygate_cluster_errors_total{feature=\"idempotency\"}")
+            .await
+            >= 1.0
+    );
     // fail_closed: 503 `overloaded`, nothing sent.
     let refused = pay(&closed, &card_payment(100, "EUR")).await;
     assert_eq!(
@@ -231,5 +247,89 @@ async fn redis_stopped_mid_run_fails_open_or_closed_as_configured_and_recovers()
         open.metric("paygate_payments_total{channel=\"a\",merchant=\"demo\",status=\"succeeded\"}")
             .await,
         5.0
+    );
+}
+
+async fn pay_with_key(gateway: &Process, key: &str, body: &serde_json::Value) -> Answer {
+    let auth = format!("Bearer {KEY}");
+    send(
+        http::Method::POST,
+        &format!("{}/v1/payments", gateway.base),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("idempotency-key", key),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn one_idempotency_key_sent_to_two_replicas_at_once_reaches_the_psp_once() {
+    require_redis();
+    let sim = Process::mock_psp(&[
+        "--name",
+        "a",
+        "--success-rate",
+        "1",
+        "--latency",
+        "fixed:300",
+    ])
+    .await;
+    let text = routes(REDIS, &prefix(), "fail_open", 1000, 1000, &sim);
+    let a = Process::gateway(&text).await;
+    let b = Process::gateway(&text).await;
+    let key = format!("order-{}", unix_now_nanos());
+    let body = card_payment(2500, "EUR");
+    let (first, second) =
+        tokio::join!(pay_with_key(&a, &key, &body), pay_with_key(&b, &key, &body));
+    let mut statuses = [first.status.as_u16(), second.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409], "{} / {}", first.json, second.json);
+    assert_eq!(
+        sim.stats().await["payments"],
+        1,
+        "the PSP saw the payment once"
+    );
+    let (winner, loser) = if first.status == StatusCode::CREATED {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    // Retries: the replica that took it replays its answer; the other refuses, sends nothing.
+    assert_eq!(
+        pay_with_key(winner, &key, &body).await.status,
+        StatusCode::OK
+    );
+    let elsewhere = pay_with_key(loser, &key, &body).await;
+    assert_eq!(elsewhere.status, StatusCode::CONFLICT);
+    assert_eq!(elsewhere.error_type(), "idempotency_conflict");
+    let mut other = body.clone();
+    other["amount"] = serde_json::json!(2600);
+    assert_eq!(
+        pay_with_key(loser, &key, &other).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(sim.stats().await["payments"], 1);
+}
+
+#[tokio::test]
+async fn a_key_whose_payment_surely_failed_is_free_again_on_every_replica() {
+    require_redis();
+    let sim = Process::mock_psp(&["--name", "a", "--error-503", "1"]).await;
+    let text = routes(REDIS, &prefix(), "fail_open", 1000, 1000, &sim);
+    let a = Process::gateway(&text).await;
+    let b = Process::gateway(&text).await;
+    let key = format!("order-{}", unix_now_nanos());
+    let body = card_payment(900, "EUR");
+    let failed = pay_with_key(&a, &key, &body).await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY, "{}", failed.json);
+    // Nothing was charged, so the key may be used afresh, on the other replica too.
+    let again = pay_with_key(&b, &key, &body).await;
+    assert_eq!(again.status, StatusCode::BAD_GATEWAY, "{}", again.json);
+    assert_ne!(
+        again.json["error"]["payment_id"],
+        failed.json["error"]["payment_id"]
     );
 }

@@ -247,6 +247,9 @@ pub struct Cluster {
     /// Every Redis call is bounded by it.
     pub timeout: Duration,
     pub rate_limits: FailPolicy,
+    /// The shared claim on idempotency keys (default closed: 503 rather than risk a double
+    /// charge).
+    pub idempotency: FailPolicy,
 }
 
 /// What a shared feature does while its store cannot answer.

@@ -47,6 +47,8 @@ pub struct RawCluster {
     pub timeout_ms: Option<Spanned<u64>>,
     /// `fail_open` (default) or `fail_closed`.
     pub rate_limits: Option<Spanned<String>>,
+    /// `fail_closed` (default) or `fail_open`.
+    pub idempotency: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -603,20 +603,10 @@ impl<'a> Checker<'a> {
                 format!("redis_url {url:?} must be a redis:// or rediss:// URL"),
             );
         }
-        let rate_limits = match &raw.rate_limits {
-            None => FailPolicy::Open,
-            Some(policy) => match policy.get_ref().as_str() {
-                "fail_open" => FailPolicy::Open,
-                "fail_closed" => FailPolicy::Closed,
-                other => {
-                    self.problem(
-                        &policy.span(),
-                        format!("rate_limits {other:?}: write \"fail_open\" or \"fail_closed\""),
-                    );
-                    FailPolicy::Open
-                }
-            },
-        };
+        let rate_limits =
+            self.fail_policy(raw.rate_limits.as_ref(), "rate_limits", FailPolicy::Open);
+        let idempotency =
+            self.fail_policy(raw.idempotency.as_ref(), "idempotency", FailPolicy::Closed);
         let timeout = self.positive(raw.timeout_ms.as_ref(), 50, "timeout_ms");
         Cluster {
             redis_url: url.clone(),
@@ -626,6 +616,27 @@ impl<'a> Checker<'a> {
                 .map_or_else(|| "paygate:".to_string(), |p| p.get_ref().clone()),
             timeout: Duration::from_millis(timeout),
             rate_limits,
+            idempotency,
+        }
+    }
+
+    fn fail_policy(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        default: FailPolicy,
+    ) -> FailPolicy {
+        match raw.map(|p| (p, p.get_ref().as_str())) {
+            None => default,
+            Some((_, "fail_open")) => FailPolicy::Open,
+            Some((_, "fail_closed")) => FailPolicy::Closed,
+            Some((policy, other)) => {
+                self.problem(
+                    &policy.span(),
+                    format!("{key} {other:?}: write \"fail_open\" or \"fail_closed\""),
+                );
+                default
+            }
         }
     }
 

@@ -20,7 +20,8 @@ use tower::{Layer, Service};
 
 use super::{AuthenticatedMerchant, Deadline, HttpResponse, RequestId, ResponseFuture};
 use crate::api::ApiError;
-use crate::config::InFlight;
+use crate::cluster::Claim;
+use crate::config::{FailPolicy, InFlight};
 use crate::gateway::Gateway;
 use crate::store::idempotency::{Begin, Scope, StoredResponse};
 
@@ -140,7 +141,7 @@ async fn admit(
             .idempotency
             .begin(scope, hash, Instant::now(), &settings)
         {
-            Begin::Proceed => return Ok(None),
+            Begin::Proceed => return claim_across_replicas(gateway, scope, &hash).await,
             Begin::Replay(stored) => {
                 gateway.metrics.idempotent_replays.inc();
                 return Ok(Some(replay(stored)));
@@ -185,6 +186,53 @@ async fn admit(
     }
 }
 
+/// Cluster mode: a key new to this replica is claimed in Redis before it is processed, so
+/// that the same key on two replicas reaches a PSP once. The replica that loses answers 409
+/// (the first request's answer lives on the replica that took it), and frees its own record.
+/// While Redis cannot answer, `[cluster] idempotency` decides: `fail_closed` (the default)
+/// answers 503 rather than risk a double charge; `fail_open` goes on with this replica's
+/// record alone.
+async fn claim_across_replicas(
+    gateway: &Gateway,
+    scope: &Scope,
+    hash: &[u8; 32],
+) -> Result<Option<HttpResponse>, ApiError> {
+    let Some(cluster) = &gateway.cluster else {
+        return Ok(None);
+    };
+    let snapshot = gateway.snapshot();
+    let settings = &snapshot.config.idempotency;
+    let refused = match cluster.claim(scope.as_str(), hash, settings.ttl).await {
+        Ok(Claim::Won) => return Ok(None),
+        Ok(Claim::Elsewhere) => ApiError::IdempotencyConflict(
+            "this Idempotency-Key was first used on another replica, which holds its answer".into(),
+        ),
+        Ok(Claim::Mismatch) => ApiError::IdempotencyConflict(
+            "this Idempotency-Key was used with a different request".into(),
+        ),
+        Err(error) => {
+            gateway.metrics.cluster_error("idempotency");
+            let policy = snapshot
+                .config
+                .cluster
+                .as_ref()
+                .map_or(FailPolicy::Closed, |c| c.idempotency);
+            tracing::warn!(%error, ?policy, "shared idempotency keys unavailable");
+            if policy == FailPolicy::Open {
+                return Ok(None);
+            }
+            ApiError::Overloaded(
+                "idempotency keys cannot be checked across replicas; nothing was sent, try again"
+                    .into(),
+            )
+        }
+    };
+    gateway
+        .idempotency
+        .finish(scope, None, Instant::now(), settings);
+    Err(refused)
+}
+
 /// What a key made, as it now stands (pending, or settled since, by reconciliation too):
 /// what a retry with the key is answered, after a crash as much as before.
 fn current_answer(gateway: &Gateway, target: &str) -> Result<StoredResponse, ApiError> {
@@ -225,6 +273,11 @@ where
 {
     let request_id = RequestId::of(&request);
     let request_id_for_log = request_id.clone();
+    // Cluster mode frees a key across the replicas by the request's fingerprint.
+    let claimed = scope
+        .as_ref()
+        .filter(|_| gateway.cluster.is_some())
+        .map(|_| request_hash(&request));
     if let Some(scope) = &scope {
         request.extensions_mut().insert(KeyScope(scope.clone()));
     }
@@ -235,9 +288,18 @@ where
         };
         let settings = gateway.snapshot().config.idempotency.clone();
         let (response, stored) = keep(response).await;
+        let freed = stored.is_none();
         let recorded_here = gateway
             .idempotency
             .finish(&scope, stored, Instant::now(), &settings);
+        // A key freed here (nothing was charged) is freed across the replicas too.
+        if freed
+            && let (Some(cluster), Some(hash)) = (&gateway.cluster, &claimed)
+            && let Err(error) = cluster.release(scope.as_str(), hash).await
+        {
+            gateway.metrics.cluster_error("idempotency");
+            tracing::warn!(%error, "idempotency key not freed across replicas; it expires with its ttl");
+        }
         // The answer leaves only once its record is as durable as the payment: a retry after
         // a crash then replays it instead of charging again. Payment handlers record it before
         // their own wait for the journal (one commit holds both); an answer recorded only here
