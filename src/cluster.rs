@@ -169,6 +169,17 @@ impl Cluster {
         self.call::<u8>(invocation).await.map(|_| ())
     }
 
+    /// Whether Redis answers now (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), ClusterError> {
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("PING");
+        tokio::time::timeout(self.timeout, command.query_async::<String>(&mut connection))
+            .await
+            .map_err(|_| ClusterError::Timeout(self.timeout))?
+            .map(|_| ())
+            .map_err(ClusterError::Redis)
+    }
+
     async fn call<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,

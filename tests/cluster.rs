@@ -195,7 +195,18 @@ async fn redis_stopped_mid_run_fails_open_or_closed_as_configured_and_recovers()
     assert_eq!(statuses(&open, 3).await, [201, 201, 429]);
     assert_eq!(statuses(&closed, 3).await, [201, 201, 429]);
 
+    let ready = |p: &Process| format!("{}/readyz", p.admin);
+    assert_eq!(
+        send(http::Method::GET, &ready(&open), &[], "").await.json["status"],
+        "ready"
+    );
+
     redis.stop();
+    // Without Redis: the replica whose idempotency is fail_closed (both are, by default) is
+    // not ready, so a load balancer sends its traffic elsewhere.
+    let readiness = send(http::Method::GET, &ready(&closed), &[], "").await;
+    assert_eq!(readiness.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readiness.json["status"], "redis_unavailable");
     // fail_open: a limit not enforced for a while costs no money, payments go on.
     assert_eq!(statuses(&open, 3).await, [201, 201, 201]);
     assert!(
@@ -241,6 +252,12 @@ async fn redis_stopped_mid_run_fails_open_or_closed_as_configured_and_recovers()
         assert!(Instant::now() < deadline, "not recovered");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(
+        send(http::Method::GET, &ready(&closed), &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
     let after = statuses(&closed, 3).await;
     assert!(after.contains(&429) && !after.contains(&503), "{after:?}");
     assert_eq!(

@@ -1,5 +1,6 @@
 //! The admin listener's endpoints: `/healthz` (the process answers), `/readyz` (it takes
-//! traffic; 503 from the moment shutdown starts), `/metrics` (Prometheus, no auth), and the
+//! traffic; 503 from the moment shutdown starts, and in cluster mode while Redis does not
+//! answer and a shared feature is `fail_closed`), `/metrics` (Prometheus, no auth), and the
 //! token-protected `/admin/` API, whose handlers live in `api::admin`.
 
 use std::convert::Infallible;
@@ -16,6 +17,7 @@ use hyper::body::Body;
 
 use crate::api::admin::AdminToken;
 use crate::api::{ApiError, json_response};
+use crate::config::FailPolicy;
 use crate::gateway::Gateway;
 use crate::layers::{HttpResponse, RequestId, ResponseFuture};
 
@@ -64,6 +66,30 @@ impl Admin {
     }
 }
 
+/// Ready while Redis answers; without it, a replica whose shared features fail open still
+/// serves (`degraded`), one with a `fail_closed` feature would refuse what it must not risk.
+async fn cluster_readiness(gateway: &Gateway, cluster: &crate::cluster::Cluster) -> HttpResponse {
+    let Err(error) = cluster.ping().await else {
+        return json_response(StatusCode::OK, &json!({"status": "ready"}));
+    };
+    let snapshot = gateway.snapshot();
+    let closed = snapshot.config.cluster.as_ref().is_some_and(|c| {
+        c.rate_limits == FailPolicy::Closed || c.idempotency == FailPolicy::Closed
+    });
+    let reason = error.to_string();
+    if closed {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "redis_unavailable", "reason": reason}),
+        )
+    } else {
+        json_response(
+            StatusCode::OK,
+            &json!({"status": "degraded", "reason": reason}),
+        )
+    }
+}
+
 impl<B> Service<Request<B>> for Admin
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -78,6 +104,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if request.uri().path() == "/readyz"
+            && self.ready.load(Ordering::SeqCst)
+            && let Some(cluster) = self.gateway.cluster.clone()
+        {
+            let gateway = self.gateway.clone();
+            return Box::pin(async move { Ok(cluster_readiness(&gateway, &cluster).await) });
+        }
         if !request.uri().path().starts_with("/admin/") {
             let response = self.answer(request.uri().path(), &RequestId::of(&request));
             return Box::pin(async move { Ok(response) });
