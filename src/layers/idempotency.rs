@@ -83,11 +83,17 @@ where
             match scope_of(&request) {
                 Err(error) => Ok(error.into_response(&request_id)),
                 Ok(None) => Ok(run_to_completion(inner, request, None, gateway).await),
-                Ok(Some(scope)) => match admit(&gateway, &scope, &request).await {
-                    Ok(None) => Ok(run_to_completion(inner, request, Some(scope), gateway).await),
-                    Ok(Some(replay)) => Ok(replay),
-                    Err(error) => Ok(error.into_response(&request_id)),
-                },
+                Ok(Some(scope)) => {
+                    let hash = request_hash(&request);
+                    match admit(&gateway, &scope, hash, &request).await {
+                        Ok(None) => {
+                            let keyed = Some((scope, hash));
+                            Ok(run_to_completion(inner, request, keyed, gateway).await)
+                        }
+                        Ok(Some(replay)) => Ok(replay),
+                        Err(error) => Ok(error.into_response(&request_id)),
+                    }
+                }
             }
         })
     }
@@ -131,9 +137,9 @@ fn request_hash(request: &Request<Bytes>) -> [u8; 32] {
 async fn admit(
     gateway: &Gateway,
     scope: &Scope,
+    hash: [u8; 32],
     request: &Request<Bytes>,
 ) -> Result<Option<HttpResponse>, ApiError> {
-    let hash = request_hash(request);
     let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
     loop {
         let settings = gateway.snapshot().config.idempotency.clone();
@@ -264,7 +270,7 @@ fn replay(stored: StoredResponse) -> HttpResponse {
 async fn run_to_completion<S>(
     mut inner: S,
     mut request: Request<Bytes>,
-    scope: Option<Scope>,
+    keyed: Option<(Scope, [u8; 32])>,
     gateway: Arc<Gateway>,
 ) -> HttpResponse
 where
@@ -273,11 +279,8 @@ where
 {
     let request_id = RequestId::of(&request);
     let request_id_for_log = request_id.clone();
-    // Cluster mode frees a key across the replicas by the request's fingerprint.
-    let claimed = scope
-        .as_ref()
-        .filter(|_| gateway.cluster.is_some())
-        .map(|_| request_hash(&request));
+    // The fingerprint frees a key across the replicas in cluster mode.
+    let (scope, hash) = keyed.unzip();
     if let Some(scope) = &scope {
         request.extensions_mut().insert(KeyScope(scope.clone()));
     }
@@ -294,7 +297,7 @@ where
             .finish(&scope, stored, Instant::now(), &settings);
         // A key freed here (nothing was charged) is freed across the replicas too.
         if freed
-            && let (Some(cluster), Some(hash)) = (&gateway.cluster, &claimed)
+            && let (Some(cluster), Some(hash)) = (&gateway.cluster, &hash)
             && let Err(error) = cluster.release(scope.as_str(), hash).await
         {
             gateway.metrics.cluster_error("idempotency");
