@@ -274,8 +274,9 @@ impl ChannelClient {
                 unknown.unknown_to_psp = true;
                 unknown
             }
+            // A dialect still asking for more: its last request may have moved money.
             Ok(Reply::Then(_)) => exchange(
-                Outcome::Unavailable,
+                self.fault(call, &step, Outcome::Error),
                 None,
                 latency,
                 Some(format!("the call took more than {MAX_STEPS} requests")),
