@@ -338,6 +338,28 @@ fn adyen_card(amount: u64, number: &str) -> Value {
     })
 }
 
+/// A gateway routing to the Adyen channel at `adyen_url` first, then to `backup`, with its
+/// merchant listener on `port` when given (where a simulator sends its notifications).
+async fn adyen_then_backup(adyen_url: &str, backup: &Process, port: Option<u16>) -> Process {
+    let mut base = base_config();
+    if let Some(port) = port {
+        base = base.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
+    }
+    let routes = format!(
+        "{base}{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"adyen_eu\", \"backup\"]\nstrategy = \"priority\"\n",
+        adyen_channel("adyen_eu", adyen_url),
+        channel("backup", backup, "")
+    );
+    Process::gateway_with_env(
+        &routes,
+        &[
+            ("EMU_ADYEN_KEY", "adyen-test-key"),
+            ("EMU_ADYEN_HMAC", ADYEN_HMAC),
+        ],
+    )
+    .await
+}
+
 /// Polls the payment until `done` holds (at most 15 s).
 async fn until(gateway: &Process, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -379,20 +401,7 @@ async fn adyen_through_prism_against_adyens_openapi_with_notifications_settling_
     .await;
     let prism = prism_proxy(&psp_spec("adyen-checkout-v72.json"), &adyen.base).await;
     let backup = Process::mock_psp(&["--name", "backup", "--success-rate", "1"]).await;
-    let routes = format!(
-        "{}{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"adyen_eu\", \"backup\"]\nstrategy = \"priority\"\n",
-        base_config().replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1),
-        adyen_channel("adyen_eu", &prism.base),
-        channel("backup", &backup, "")
-    );
-    let gateway = Process::gateway_with_env(
-        &routes,
-        &[
-            ("EMU_ADYEN_KEY", "adyen-test-key"),
-            ("EMU_ADYEN_HMAC", ADYEN_HMAC),
-        ],
-    )
-    .await;
+    let gateway = adyen_then_backup(&prism.base, &backup, Some(port)).await;
 
     let paid = pay(&gateway, &adyen_card(5000, "4111111111111111")).await;
     assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.json);
@@ -482,20 +491,7 @@ async fn an_adyen_500_is_sent_again_with_the_same_key_and_never_elsewhere() {
     let adyen =
         Process::mock_psp(&["--dialect", "adyen", "--name", "adyen", "--error-500", "1"]).await;
     let backup = Process::mock_psp(&["--name", "backup", "--success-rate", "1"]).await;
-    let routes = format!(
-        "{}{}{}\n[[rules]]\nname = \"all\"\nchannels = [\"adyen_eu\", \"backup\"]\nstrategy = \"priority\"\n",
-        base_config(),
-        adyen_channel("adyen_eu", &adyen.base),
-        channel("backup", &backup, "")
-    );
-    let gateway = Process::gateway_with_env(
-        &routes,
-        &[
-            ("EMU_ADYEN_KEY", "adyen-test-key"),
-            ("EMU_ADYEN_HMAC", ADYEN_HMAC),
-        ],
-    )
-    .await;
+    let gateway = adyen_then_backup(&adyen.base, &backup, None).await;
     let answer = pay(&gateway, &adyen_card(1000, "4111111111111111")).await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.json);
     assert_eq!(answer.json["status"], "pending");
