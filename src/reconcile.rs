@@ -10,6 +10,9 @@
 //! payment with no channel was never sent (the channel is journaled before the first byte
 //! goes out): once its request is surely over, it is `failed` too.
 //!
+//! With a journal shared by several replicas, any of them may reconcile a payment, one at a
+//! time: it asks only while it holds the payment's lease (`PaymentStore::lease`).
+//!
 //! The final status is stored (and journaled), and when the merchant has a `webhook_url` it
 //! is POSTed there, signed like merchant requests (`Paygate-Signature`) when the merchant
 //! has a signing secret, with retries.
@@ -37,6 +40,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queries in flight at once, so that a slow PSP cannot hold back the others for long.
 const MAX_CONCURRENT_QUERIES: usize = 64;
+/// How long a replica keeps the right to reconcile a payment it asked about: past the query's
+/// own timeout, so that two replicas never ask at once.
+const LEASE: Duration = Duration::from_secs(30);
 /// Beyond the request timeout, how long a payment without a channel may still be in its
 /// handler (the answer's wait for the journal included).
 const UNSENT_GRACE: Duration = Duration::from_secs(5);
@@ -70,6 +76,10 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
             let age = Duration::from_millis(now_ms().saturating_sub(item.payment.created_at_ms));
             if age > settings.deadline {
                 tracing::warn!(payment = %item.payment.id, item = %item.id(), channel = item.payment.channel.as_deref().unwrap_or("none"), "still pending after the reconciliation deadline: needs operations");
+                continue;
+            }
+            // With a journal shared by replicas, one of them asks about a payment at a time.
+            if !gateway.store.lease(&item.payment.id, LEASE) {
                 continue;
             }
             while queries.len() >= MAX_CONCURRENT_QUERIES {

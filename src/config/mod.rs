@@ -268,6 +268,42 @@ pub struct Journal {
     pub sync: JournalSync,
     /// Writes waiting for the journal at most; beyond, new payments get 503.
     pub queue: usize,
+    /// `url`: the journal lives in PostgreSQL, shared by every replica, instead of `path`.
+    pub postgres: Option<Postgres>,
+}
+
+/// `[journal] url = "postgres://..."`, `schema`, `readers`, `timeout_ms`.
+#[derive(Clone, PartialEq)]
+pub struct Postgres {
+    /// The connection URL, credentials included (from the environment when it has a
+    /// password): never logged, see [`Postgres::location`].
+    pub url: String,
+    /// The schema the journal's tables live in (created when missing).
+    pub schema: String,
+    /// Connections (and threads) answering reads.
+    pub readers: usize,
+    /// Bound on connecting and on every read and commit.
+    pub timeout: Duration,
+}
+
+impl Postgres {
+    /// Host, port, database and schema: what logs and errors may say.
+    pub fn location(&self) -> String {
+        let rest = self.url.split_once("://").map_or("", |(_, rest)| rest);
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let host = host.split('?').next().unwrap_or(host);
+        format!("postgres://{host} (schema {})", self.schema)
+    }
+}
+
+impl fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Postgres")
+            .field("location", &self.location())
+            .field("readers", &self.readers)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// `[reconciliation]`: how pending payments are re-queried on their channel.

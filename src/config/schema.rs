@@ -57,6 +57,11 @@ pub struct RawJournal {
     pub path: Option<Spanned<String>>,
     pub sync: Option<Spanned<String>>,
     pub queue: Option<Spanned<u64>>,
+    /// `"postgres://user@host:port/db"`, or `"env:NAME"` when it carries a password.
+    pub url: Option<Spanned<String>>,
+    pub schema: Option<Spanned<String>>,
+    pub readers: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

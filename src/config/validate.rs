@@ -664,7 +664,60 @@ impl<'a> Checker<'a> {
             path: self.resolve(path),
             sync,
             queue: usize::try_from(queue).unwrap_or(usize::MAX),
+            postgres: raw.url.as_ref().and_then(|url| self.postgres(raw, url)),
         }
+    }
+
+    /// `[journal] url`: a PostgreSQL URL. One with a password must come from the environment
+    /// (`"env:NAME"`), since secrets never live in the routes file.
+    fn postgres(&mut self, raw: &RawJournal, url: &Spanned<String>) -> Option<Postgres> {
+        let text = match url.get_ref().strip_prefix("env:") {
+            Some(_) => String::from_utf8(self.secret(url, "journal url")?.0).ok()?,
+            None => url.get_ref().clone(),
+        };
+        let is_postgres = text.starts_with("postgres://") || text.starts_with("postgresql://");
+        if !is_postgres || text.parse::<::postgres::Config>().is_err() {
+            self.problem(
+                &url.span(),
+                "journal url must be a postgres:// URL (postgres://user@host:5432/database)".into(),
+            );
+            return None;
+        }
+        let userinfo = text
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map(|(userinfo, _)| userinfo);
+        if url.get_ref().starts_with("postgres") && userinfo.is_some_and(|u| u.contains(':')) {
+            self.problem(
+                &url.span(),
+                "journal url carries a password: give it as \"env:VARIABLE\", secrets never live in the routes file".into(),
+            );
+            return None;
+        }
+        let schema = raw
+            .schema
+            .as_ref()
+            .map_or("paygate", |s| s.get_ref().as_str());
+        let valid_schema = !schema.is_empty()
+            && schema.len() <= 63
+            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid_schema && let Some(raw_schema) = &raw.schema {
+            self.problem(
+                &raw_schema.span(),
+                format!("journal schema {schema:?} must be 1 to 63 of a-z, 0-9 and _, not starting with a digit"),
+            );
+        }
+        let readers = self.positive(raw.readers.as_ref(), 4, "readers");
+        let timeout_ms = self.positive(raw.timeout_ms.as_ref(), 2_000, "timeout_ms");
+        Some(Postgres {
+            url: text,
+            schema: schema.to_string(),
+            readers: usize::try_from(readers).unwrap_or(4).min(64),
+            timeout: Duration::from_millis(timeout_ms),
+        })
     }
 
     fn reconciliation(&mut self, raw: &RawReconciliation) -> Reconciliation {

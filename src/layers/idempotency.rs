@@ -141,13 +141,23 @@ async fn admit(
     request: &Request<Bytes>,
 ) -> Result<Option<HttpResponse>, ApiError> {
     let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+    let mut rechecked = false;
     loop {
         let settings = gateway.snapshot().config.idempotency.clone();
         match gateway
             .idempotency
             .begin(scope, hash, Instant::now(), &settings)
         {
-            Begin::Proceed => return claim_across_replicas(gateway, scope, &hash).await,
+            Begin::Proceed => {
+                let claimed = claim_across_replicas(gateway, scope, &hash).await;
+                // Another replica holds the key: with a journal the replicas share, its record
+                // may have been committed since this one looked, so look once more.
+                if matches!(claimed, Err(ApiError::IdempotencyConflict(_))) && !rechecked {
+                    rechecked = true;
+                    continue;
+                }
+                return claimed;
+            }
             Begin::Replay(stored) => {
                 gateway.metrics.idempotent_replays.inc();
                 return Ok(Some(replay(stored)));
@@ -160,6 +170,11 @@ async fn admit(
             Begin::Mismatch => {
                 return Err(ApiError::IdempotencyConflict(
                     "this Idempotency-Key was used with a different request".into(),
+                ));
+            }
+            Begin::Unreadable => {
+                return Err(ApiError::Overloaded(
+                    "the idempotency records cannot be read; nothing was sent, try again".into(),
                 ));
             }
             Begin::Full => {
@@ -193,8 +208,9 @@ async fn admit(
 }
 
 /// Cluster mode: a key new to this replica is claimed in Redis before it is processed, so
-/// that the same key on two replicas reaches a PSP once. The replica that loses answers 409
-/// (the first request's answer lives on the replica that took it), and frees its own record.
+/// that the same key on two replicas reaches a PSP once. The replica that loses frees its own
+/// record and answers 409 while the first request is in flight; once the first replica's
+/// record is in a journal they share (PostgreSQL), a repeat anywhere is answered from it.
 /// While Redis cannot answer, `[cluster] idempotency` decides: `fail_closed` (the default)
 /// answers 503 rather than risk a double charge; `fail_open` goes on with this replica's
 /// record alone.

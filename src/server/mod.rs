@@ -79,7 +79,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         None => None,
     };
     let journal = Arc::new(JournalStore::open(&config.journal)?);
-    tracing::info!(journal = %journal.path().display(), "journal open");
+    tracing::info!(journal = %journal.location(), "journal open");
     let cluster = match &config.cluster {
         Some(settings) => Some(crate::cluster::Cluster::connect(settings).await?),
         None => None,

@@ -42,6 +42,8 @@ pub enum Begin {
     InFlight(watch::Receiver<()>),
     /// The store is at `max_keys`.
     Full,
+    /// The journal could not say whether the key was used before: nothing may be sent.
+    Unreadable,
 }
 
 /// A record's identity: merchant and key, in one string (the merchant's length first, so no

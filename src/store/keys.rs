@@ -60,7 +60,8 @@ enum Live {
 
 /// What `begin` needs from the journal: the committed record of a scope, if any.
 pub trait Committed {
-    fn committed(&self, scope: &Scope) -> Option<KeyRecord>;
+    /// Err: the journal could not be read.
+    fn committed(&self, scope: &Scope) -> Result<Option<KeyRecord>, String>;
 }
 
 #[derive(Default)]
@@ -71,6 +72,9 @@ pub struct JournalKeys {
     /// Records in the journal (expired ones until they are swept).
     committed_count: AtomicUsize,
     filter: KeyFilter,
+    /// Other replicas add records to the journal: the filter cannot know them all, so every
+    /// key new to this replica is looked up.
+    shared: bool,
 }
 
 impl JournalKeys {
@@ -82,6 +86,14 @@ impl JournalKeys {
             keys.committed_count.fetch_add(1, Ordering::Relaxed);
         }
         keys
+    }
+
+    /// For a journal other replicas write too.
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
     }
 
     /// As `IdempotencyStore::begin`, with `max_live` bounding the records in memory.
@@ -107,15 +119,18 @@ impl JournalKeys {
                 Live::Answered(record) => record.replay(),
             },
             Entry::Vacant(vacant) => {
-                if self.filter.may_contain(scope.as_str())
-                    && let Some(record) = journal.committed(scope)
-                    && record.expires_at_ms > now_ms
-                {
-                    return if record.request_hash == request_hash {
-                        record.replay()
-                    } else {
-                        Begin::Mismatch
-                    };
+                if self.shared || self.filter.may_contain(scope.as_str()) {
+                    match journal.committed(scope) {
+                        Err(_) => return Begin::Unreadable,
+                        Ok(Some(record)) if record.expires_at_ms > now_ms => {
+                            return if record.request_hash == request_hash {
+                                record.replay()
+                            } else {
+                                Begin::Mismatch
+                            };
+                        }
+                        Ok(_) => {}
+                    }
                 }
                 if self.live_count.load(Ordering::Relaxed) >= max_live {
                     return Begin::Full;
@@ -351,8 +366,8 @@ mod tests {
     struct Journal(Mutex<HashMap<String, KeyRecord>>);
 
     impl Committed for Journal {
-        fn committed(&self, scope: &Scope) -> Option<KeyRecord> {
-            self.0.lock().unwrap().get(scope.as_str()).cloned()
+        fn committed(&self, scope: &Scope) -> Result<Option<KeyRecord>, String> {
+            Ok(self.0.lock().unwrap().get(scope.as_str()).cloned())
         }
     }
 

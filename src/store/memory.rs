@@ -28,11 +28,10 @@ impl MemoryStore {
     }
 
     /// Notes that a journal committed `id` at `version`, and forgets the payment when it is
-    /// still at that version and nothing of it is in doubt: the journal holds it and will
-    /// answer for it.
-    pub fn journaled(&self, id: &str, version: u64) {
+    /// still at that version and `let_go` agrees: the journal holds it and will answer for it.
+    pub fn journaled(&self, id: &str, version: u64, let_go: impl Fn(&Payment) -> bool) {
         let settled = self.payments.remove_if(id, |_, held| {
-            held.payment.version == version && !held.payment.in_doubt()
+            held.payment.version == version && let_go(&held.payment)
         });
         if settled.is_none()
             && let Some(mut held) = self.payments.get_mut(id)
@@ -40,6 +39,13 @@ impl MemoryStore {
         {
             held.journaled = Some(version);
         }
+    }
+
+    /// Forgets the payment when its latest state is committed and `stale` says so.
+    pub fn let_go_if(&self, id: &str, stale: impl Fn(&Payment) -> bool) {
+        self.payments.remove_if(id, |_, held| {
+            held.journaled == Some(held.payment.version) && stale(&held.payment)
+        });
     }
 
     /// Takes back a payment read from a journal, as committed; a copy already held wins.

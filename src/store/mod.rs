@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-pub use journal::JournalStore;
+pub use journal::{JournalError, JournalStore};
 pub use memory::MemoryStore;
 
 /// Where a payment stands; the contract's values.
@@ -201,6 +201,19 @@ impl Payment {
         status == Some(PaymentStatus::Failed)
     }
 
+    /// A call for the payment, or for one of its captures or refunds, may still be on its way
+    /// at `now_ms` (within the call's timeout): only the replica that sent it may change it.
+    pub fn moving(&self, now_ms: u64) -> bool {
+        let within = |status: PaymentStatus, until: Option<u64>| {
+            status == PaymentStatus::Pending && until.is_some_and(|until| now_ms < until)
+        };
+        within(self.status, self.in_doubt_until_ms)
+            || self
+                .operations
+                .iter()
+                .any(|op| within(op.status, op.in_doubt_until_ms))
+    }
+
     /// The payment or one of its captures or refunds awaits a final answer.
     pub fn in_doubt(&self) -> bool {
         self.status == PaymentStatus::Pending
@@ -235,6 +248,12 @@ pub trait PaymentStore: Send + Sync + 'static {
     fn durable(&self, id: &str) -> Durable;
     /// Payments in doubt (pending, or with a pending capture or refund), for reconciliation.
     fn pending(&self) -> Vec<Payment>;
+    /// Takes (or renews) the right to reconcile `payment_id` for `for`, so that one replica
+    /// asks a PSP about a payment at a time; false while another holds it. A store only one
+    /// process writes always grants it.
+    fn lease(&self, _payment_id: &str, _for: std::time::Duration) -> bool {
+        true
+    }
     /// A channel event (ejection, drain, enable, reload) for the daily report.
     fn event(&self, _kind: &str, _channel: Option<&str>, _detail: &str) {}
 }

@@ -1,0 +1,116 @@
+//! One commit's worth of journal writes, as rows: what the writer took off its queue, with
+//! each payment read once at its latest state, each key's last change, and the sweep. Both
+//! backends (SQLite, PostgreSQL) write a `Rows` in one transaction; this module owns only
+//! the gathering, never a database.
+
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
+use super::super::idempotency::Scope;
+use super::super::keys::KeyRecord;
+use super::super::{MemoryStore, Payment, PaymentStatus, StoreError};
+
+/// What the request path hands the writer.
+pub enum Write {
+    /// The payment's state at commit time is written; several writes of one payment that
+    /// meet in a batch, or find it already committed, cost one row or none.
+    Payment(String),
+    Event(Event),
+    Key(Scope, KeyRecord),
+    /// Deletes a key's record that holds no answer (its payment failed, nothing charged).
+    FreeKey(Scope),
+    /// Deletes idempotency records expired by then (ms since the Unix epoch).
+    SweepKeys(u64),
+    /// Acknowledged once every write before it is committed.
+    Barrier(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// A channel event (ejection, drain, enable, reload) for the daily report.
+pub struct Event {
+    pub at_ms: u64,
+    pub kind: String,
+    pub channel: Option<String>,
+    pub detail: String,
+}
+
+/// A payment as it is written: the record and the columns the report reads.
+pub struct PaymentRow {
+    pub payment: Payment,
+    /// The whole payment as JSON (masked card at most).
+    pub record: String,
+}
+
+/// A batch as rows, in the order the tables are written.
+#[derive(Default)]
+pub struct Rows<'a> {
+    pub payments: Vec<PaymentRow>,
+    pub events: Vec<&'a Event>,
+    /// Each key's last change in the batch: a record to keep, or None to free it.
+    pub keys: Vec<(&'a Scope, Option<&'a KeyRecord>)>,
+    /// Sweep the records expired by then.
+    pub sweep_before_ms: Option<u64>,
+}
+
+impl<'a> Rows<'a> {
+    /// Reads the batch's payments from memory (those not yet committed at their latest
+    /// version) and keeps the last change of each key.
+    pub fn gather(batch: &'a [Write], memory: &MemoryStore) -> Result<Self, serde_json::Error> {
+        let mut rows = Rows::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut keys: HashMap<&Scope, usize> = HashMap::new();
+        for write in batch {
+            match write {
+                Write::Payment(id) => {
+                    if !seen.insert(id.as_str()) {
+                        continue;
+                    }
+                    if let Some(payment) = memory.unjournaled(id) {
+                        let record = serde_json::to_string(&payment)?;
+                        rows.payments.push(PaymentRow { payment, record });
+                    }
+                }
+                Write::Event(event) => rows.events.push(event),
+                Write::Key(scope, record) => rows.key(&mut keys, scope, Some(record)),
+                Write::FreeKey(scope) => rows.key(&mut keys, scope, None),
+                Write::SweepKeys(before) => {
+                    rows.sweep_before_ms = rows.sweep_before_ms.max(Some(*before));
+                }
+                Write::Barrier(_) => {}
+            }
+        }
+        Ok(rows)
+    }
+
+    fn key(
+        &mut self,
+        index: &mut HashMap<&'a Scope, usize>,
+        scope: &'a Scope,
+        change: Option<&'a KeyRecord>,
+    ) {
+        match index.get(scope) {
+            Some(&at) => self.keys[at].1 = change,
+            None => {
+                index.insert(scope, self.keys.len());
+                self.keys.push((scope, change));
+            }
+        }
+    }
+
+    /// The payments written, with the version each was written at.
+    pub fn written(&self) -> Vec<(String, u64)> {
+        self.payments
+            .iter()
+            .map(|row| (row.payment.id.clone(), row.payment.version))
+            .collect()
+    }
+}
+
+pub fn status_text(status: PaymentStatus) -> &'static str {
+    match status {
+        PaymentStatus::Succeeded => "succeeded",
+        PaymentStatus::Declined => "declined",
+        PaymentStatus::Pending => "pending",
+        PaymentStatus::Failed => "failed",
+    }
+}

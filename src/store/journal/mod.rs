@@ -1,0 +1,658 @@
+//! The durable payment store: every payment and attempt in a journal, written by one
+//! background thread in batched transactions (group commit), with the payments this replica
+//! is moving kept in memory in front of it. Two backends hold the journal: an embedded SQLite
+//! file (`sqlite.rs`, the default, one process) or PostgreSQL (`postgres.rs`, `[journal]
+//! url`, shared by every replica of a cluster).
+//!
+//! The request path never waits on the database for writes: it hands records to the writer
+//! and, with `sync = "batch"`, waits for the commit of the batch that holds the outcome
+//! before the merchant is answered. The queue is bounded: when the journal falls behind (or
+//! cannot write: disk full, PostgreSQL down), new payments are refused with 503 rather than
+//! accepted without a record; records already queued are never dropped, the writer retries
+//! them. Memory holds only payments still moving: once a payment's latest state is committed
+//! the writer lets it go (a settled one at once; with a shared journal, an unsettled one too
+//! once its call's window has passed, since another replica may then reconcile it), and
+//! reads of it go to the journal, so memory does not grow with traffic. Card data never goes
+//! beyond the masked form the `Payment` carries.
+//!
+//! This module owns the queue, the writer loop and the memory in front; the SQL is the
+//! backends'. What a batch writes is gathered in `batch.rs`.
+
+mod batch;
+mod postgres;
+mod sqlite;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::idempotency::{Begin, IdempotencyStore, Scope, StoredResponse};
+use super::keys::{Committed, JournalKeys, Kept, KeyRecord};
+use super::{Durable, MemoryStore, Payment, PaymentStore, StoreError, now_ms};
+use crate::config::{Idempotency, Journal, JournalSync};
+use batch::{Event, Rows, Write};
+
+/// Records per transaction at most: large enough to amortise the commit, small enough that a
+/// waiting merchant is not held long.
+const MAX_BATCH: usize = 512;
+/// Commits start at most this often: the cost of a commit (WAL frames, locks, a round trip)
+/// is shared by every payment that arrives in the meantime, and a payment waits at most this
+/// much longer.
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_micros(1000);
+/// Wait before retrying a batch that failed (disk full, I/O error, database down).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {at}: {reason}")]
+    Open { at: String, reason: DbError },
+}
+
+/// What a backend could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] ::postgres::Error),
+    #[error("cannot use it as a journal: {0}")]
+    Schema(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
+    #[error("no connection to the database")]
+    Disconnected,
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("a reader panicked")]
+    Poisoned,
+    #[error("cannot encode a payment: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The writer's side of a backend: commits one batch in one transaction; returns how many
+/// expired idempotency records it deleted.
+trait Writer: Send {
+    fn commit(&mut self, rows: &Rows<'_>) -> Result<usize, DbError>;
+}
+
+/// The readers' side of a backend.
+trait Reader: Send + Sync {
+    /// A payment's stored record (JSON).
+    fn record(&self, id: &str) -> Result<Option<String>, DbError>;
+    /// The records of payments in doubt.
+    fn in_doubt(&self) -> Result<Vec<String>, DbError>;
+    /// A key's committed record.
+    fn key(&self, scope: &str) -> Result<Option<KeyRecord>, DbError>;
+    /// Takes (or renews) the right to reconcile `payment_id` for `for`: false while another
+    /// replica holds it.
+    fn lease(&self, payment_id: &str, r#for: Duration) -> Result<bool, DbError>;
+}
+
+/// An open backend.
+struct Backend {
+    writer: Box<dyn Writer>,
+    reader: Box<dyn Reader>,
+    /// The idempotency records still valid (scope, expiry), for the key filter; empty for a
+    /// shared journal, whose keys other replicas add.
+    live_keys: Vec<(String, u64)>,
+    /// Other processes write the same journal.
+    shared: bool,
+}
+
+pub struct JournalStore {
+    memory: Arc<MemoryStore>,
+    keys: Arc<JournalKeys>,
+    sender: Mutex<mpsc::Sender<Write>>,
+    /// Writes queued and not yet committed.
+    queued: Arc<AtomicUsize>,
+    /// False while the last commit failed.
+    healthy: Arc<AtomicBool>,
+    capacity: usize,
+    sync: JournalSync,
+    reader: Box<dyn Reader>,
+    /// Other replicas write the journal too (PostgreSQL): memory keeps only what this replica
+    /// is moving.
+    shared: bool,
+    /// The file, or the database without credentials, for logs.
+    location: String,
+    /// The backend's helper threads stop once the store is gone.
+    _alive: Arc<()>,
+}
+
+impl JournalStore {
+    /// Opens (or creates) the journal and starts its writer. A file that is not a journal, or
+    /// one another process holds, or a database that cannot be reached, is an error naming
+    /// it: never a silent new journal.
+    pub fn open(settings: &Journal) -> Result<Self, JournalError> {
+        let alive = Arc::new(());
+        let (location, backend) = match &settings.postgres {
+            Some(pg) => (pg.location(), postgres::open(pg, Arc::downgrade(&alive))),
+            None => (
+                settings.path.display().to_string(),
+                sqlite::open(&settings.path, Arc::downgrade(&alive)),
+            ),
+        };
+        let fail = |reason: DbError| JournalError::Open {
+            at: location.clone(),
+            reason,
+        };
+        let Backend {
+            writer,
+            reader,
+            live_keys,
+            shared,
+        } = backend.map_err(fail)?;
+        let keys = Arc::new(if shared {
+            JournalKeys::shared()
+        } else {
+            JournalKeys::new(live_keys)
+        });
+        let (sender, receiver) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let memory = Arc::new(MemoryStore::new());
+        let state = WriterState {
+            queued: queued.clone(),
+            healthy: healthy.clone(),
+            memory: memory.clone(),
+            keys: keys.clone(),
+            shared,
+        };
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || write_forever(writer, receiver, state))
+            .map_err(|e| fail(DbError::Thread(e.to_string())))?;
+        Ok(Self {
+            memory,
+            keys,
+            sender: Mutex::new(sender),
+            queued,
+            healthy,
+            capacity: settings.queue,
+            sync: settings.sync,
+            reader,
+            shared,
+            location,
+            _alive: alive,
+        })
+    }
+
+    /// Where the journal is: the file, or the database (no credentials).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn enqueue(&self, write: Write) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self
+            .sender
+            .lock()
+            .map(|s| s.send(write).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.healthy.store(false, Ordering::Release);
+        }
+    }
+
+    fn journal(&self, id: &str) {
+        self.enqueue(Write::Payment(id.to_string()));
+    }
+
+    fn load(&self, id: &str) -> Option<Payment> {
+        match self.reader.record(id) {
+            Ok(record) => record.and_then(|r| serde_json::from_str(&r).ok()),
+            Err(error) => {
+                tracing::error!(payment = id, %error, "cannot read the payment from the journal");
+                None
+            }
+        }
+    }
+
+    /// With a shared journal, a copy in memory that is committed and no longer moving may be
+    /// stale (another replica may have settled it): it is let go, and the journal answers.
+    fn forget_if_stale(&self, id: &str) {
+        if self.shared {
+            let now = now_ms();
+            self.memory.let_go_if(id, |p| !p.moving(now));
+        }
+    }
+}
+
+impl PaymentStore for JournalStore {
+    fn insert(&self, payment: Payment) -> Result<(), StoreError> {
+        if !self.healthy.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "cannot write (see the logs)".into(),
+            ));
+        }
+        if self.queued.load(Ordering::Acquire) >= self.capacity {
+            return Err(StoreError::Unavailable("is behind".into()));
+        }
+        let id = payment.id.clone();
+        self.memory.insert(payment)?;
+        self.journal(&id);
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Option<Payment> {
+        self.forget_if_stale(id);
+        self.memory.get(id).or_else(|| self.load(id))
+    }
+
+    fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool {
+        self.forget_if_stale(id);
+        // The writer may let the payment go from memory at any moment once its state is
+        // committed; then it is read back from the journal and changed there. A few rounds
+        // bound the (unlikely) case of it going again in between.
+        for _ in 0..3 {
+            if self.memory.update(id, change) {
+                self.journal(id);
+                return true;
+            }
+            match self.load(id) {
+                Some(payment) => self.memory.adopt(payment),
+                None => return false,
+            }
+        }
+        false
+    }
+
+    fn durable(&self, _id: &str) -> Durable {
+        if self.sync == JournalSync::Async {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let (ack, done) = oneshot::channel();
+        self.enqueue(Write::Barrier(ack));
+        Box::pin(async move {
+            done.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+        })
+    }
+
+    fn pending(&self) -> Vec<Payment> {
+        let mut pending = self.memory.pending();
+        let records = match self.reader.in_doubt() {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the payments in doubt from the journal");
+                return pending;
+            }
+        };
+        for record in records {
+            if let Ok(payment) = serde_json::from_str::<Payment>(&record)
+                && !pending.iter().any(|p| p.id == payment.id)
+            {
+                pending.push(payment);
+            }
+        }
+        pending
+    }
+
+    fn lease(&self, payment_id: &str, r#for: Duration) -> bool {
+        self.reader.lease(payment_id, r#for).unwrap_or_else(|error| {
+            tracing::warn!(payment = payment_id, %error, "cannot take the reconciliation lease");
+            false
+        })
+    }
+
+    fn event(&self, kind: &str, channel: Option<&str>, detail: &str) {
+        self.enqueue(Write::Event(Event {
+            at_ms: now_ms(),
+            kind: kind.to_string(),
+            channel: channel.map(str::to_string),
+            detail: detail.to_string(),
+        }));
+    }
+}
+
+impl Committed for JournalStore {
+    fn committed(&self, scope: &Scope) -> Result<Option<KeyRecord>, String> {
+        self.reader.key(scope.as_str()).map_err(|error| {
+            tracing::error!(%error, "cannot read an idempotency record from the journal");
+            error.to_string()
+        })
+    }
+}
+
+/// Idempotency records in the journal: see `keys.rs`. `max_keys` bounds the records held in
+/// memory (in flight, or answered and not yet committed); the journal keeps the rest until
+/// they expire.
+impl IdempotencyStore for JournalStore {
+    fn begin(
+        &self,
+        scope: &Scope,
+        request_hash: [u8; 32],
+        _now: std::time::Instant,
+        settings: &Idempotency,
+    ) -> Begin {
+        self.keys
+            .begin(scope, request_hash, now_ms(), settings.max_keys, self)
+    }
+
+    fn bind(&self, scope: &Scope, target: &str, settings: &Idempotency) {
+        let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
+        if let Some(record) = self.keys.bind(scope, target, expires_at_ms) {
+            self.enqueue(Write::Key(scope.clone(), record));
+        }
+    }
+
+    /// A request that failed keeps its key when it made a payment a PSP may have charged:
+    /// only a payment that surely failed frees it for another try.
+    fn finish(
+        &self,
+        scope: &Scope,
+        answer: Option<StoredResponse>,
+        _now: std::time::Instant,
+        settings: &Idempotency,
+    ) -> bool {
+        let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
+        let bound = self.keys.bound(scope);
+        let keep = bound.as_deref().is_some_and(|target| {
+            let (payment_id, operation_id) = super::idempotency::split_target(target);
+            PaymentStore::get(self, payment_id).is_none_or(|p| !p.surely_failed(operation_id))
+        });
+        let record = self.keys.finish(scope, answer, keep, expires_at_ms);
+        let Some(record) = record else {
+            if bound.is_some() {
+                self.enqueue(Write::FreeKey(scope.clone()));
+            }
+            return false;
+        };
+        let answered = matches!(record.kept, Kept::Answer(_));
+        self.enqueue(Write::Key(scope.clone(), record));
+        answered
+    }
+
+    fn flushed(&self) -> Durable {
+        PaymentStore::durable(self, "")
+    }
+
+    /// Deleting is the writer's job: this queues it and reports none dropped yet.
+    fn sweep(&self, _now: std::time::Instant) -> usize {
+        self.enqueue(Write::SweepKeys(now_ms()));
+        0
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// What the writer shares with the store.
+struct WriterState {
+    queued: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    memory: Arc<MemoryStore>,
+    keys: Arc<JournalKeys>,
+    shared: bool,
+}
+
+/// The writer: takes what is queued (up to a batch), commits it in one transaction, then
+/// acknowledges the barriers. A failed commit is retried with the same batch until it
+/// succeeds; meanwhile new payments are refused.
+fn write_forever(mut writer: Box<dyn Writer>, receiver: mpsc::Receiver<Write>, state: WriterState) {
+    let WriterState {
+        queued,
+        healthy,
+        memory,
+        keys,
+        shared,
+    } = state;
+    let mut last_commit = std::time::Instant::now();
+    while let Ok(first) = receiver.recv() {
+        // Group commit: under load, let a batch gather for a moment rather than commit a few
+        // rows at a time; an idle journal commits at once.
+        if let Some(wait) = MIN_COMMIT_INTERVAL.checked_sub(last_commit.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        last_commit = std::time::Instant::now();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let (written, swept) = loop {
+            let committed = Rows::gather(&batch, &memory)
+                .map_err(DbError::from)
+                .and_then(|rows| Ok((rows.written(), writer.commit(&rows)?)));
+            match committed {
+                Ok(committed) => {
+                    healthy.store(true, Ordering::Release);
+                    break committed;
+                }
+                Err(error) => {
+                    if healthy.swap(false, Ordering::AcqRel) {
+                        tracing::error!(%error, "journal commit failed; refusing new payments until it works again");
+                    }
+                    // Whoever waits for this batch, or for anything queued behind it, learns at
+                    // once that it is not recorded (a payment waiting for its intent is then not
+                    // sent); the writes themselves stay and are retried.
+                    while let Ok(write) = receiver.try_recv() {
+                        batch.push(write);
+                    }
+                    let waiting = batch.len();
+                    batch = fail_barriers(batch, &error);
+                    queued.fetch_sub(waiting - batch.len(), Ordering::AcqRel);
+                    std::thread::sleep(RETRY_AFTER_FAILURE);
+                }
+            }
+        };
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        let now = now_ms();
+        for (id, version) in written {
+            // A settled payment goes at once; with a shared journal an unsettled one too,
+            // unless its call may still be on its way (only this replica may change it then).
+            memory.journaled(&id, version, |p| {
+                if shared {
+                    !p.moving(now)
+                } else {
+                    !p.in_doubt()
+                }
+            });
+        }
+        for write in batch {
+            match write {
+                Write::Key(scope, _) => keys.committed(&scope),
+                Write::SweepKeys(now_ms) => keys.swept(swept, now_ms),
+                Write::Barrier(ack) => {
+                    let _ = ack.send(Ok(()));
+                }
+                Write::Payment(_) | Write::Event(_) | Write::FreeKey(_) => {}
+            }
+        }
+    }
+}
+
+/// Answers every barrier of a batch that could not be committed, and keeps the rest.
+fn fail_barriers(batch: Vec<Write>, error: &DbError) -> Vec<Write> {
+    batch
+        .into_iter()
+        .filter_map(|write| match write {
+            Write::Barrier(ack) => {
+                let _ = ack.send(Err(StoreError::Unavailable(format!(
+                    "cannot write ({error})"
+                ))));
+                None
+            }
+            other => Some(other),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Attempt, Outcome};
+
+    fn payment(id: &str) -> Payment {
+        Payment {
+            id: id.into(),
+            merchant: "m".into(),
+            status: PaymentStatus::Pending,
+            amount: 1_999,
+            currency: "EUR".into(),
+            method: "card".into(),
+            country: Some("DE".into()),
+            reference: None,
+            channel: None,
+            psp_reference: None,
+            decline_code: None,
+            card: None,
+            next_action: None,
+            captured_amount: 0,
+            refunded_amount: 0,
+            reconciled: false,
+            capture: false,
+            in_doubt_until_ms: None,
+            attempts: Vec::new(),
+            operations: Vec::new(),
+            created_at_ms: 1_000,
+            version: 0,
+        }
+    }
+
+    fn settings(dir: &Path) -> Journal {
+        Journal {
+            path: dir.join("journal.db"),
+            sync: JournalSync::Batch,
+            queue: 100,
+            postgres: None,
+        }
+    }
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "paygate-journal-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn round_trip_survives_a_new_store() {
+        let dir = scratch();
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        store.insert(payment("pay_1")).unwrap();
+        store.update("pay_1", &mut |p| {
+            p.status = PaymentStatus::Succeeded;
+            p.channel = Some("a".into());
+            p.attempts.push(Attempt {
+                channel: "a".into(),
+                outcome: Outcome::Succeeded,
+                latency_ms: 42,
+                psp_reference: Some("a-1".into()),
+                decline_code: None,
+                psp_code: None,
+                at_ms: 2_000,
+            });
+        });
+        store.durable("pay_1").await.unwrap();
+
+        assert_eq!(
+            store.memory.len(),
+            0,
+            "a settled, committed payment leaves memory"
+        );
+        drop(store);
+        let reopened = JournalStore::open(&settings(&dir)).unwrap();
+        let back = reopened.get("pay_1").expect("read from the journal");
+        assert_eq!(back.status, PaymentStatus::Succeeded);
+        assert_eq!(back.attempts.len(), 1);
+        assert_eq!(back.attempts[0].latency_ms, 42);
+        let reader = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
+        let attempts: i64 = reader
+            .query_row(
+                "SELECT COUNT(*) FROM attempts WHERE payment_id = 'pay_1' AND latency_ms = 42",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_payment_evicted_after_commit_can_still_change() {
+        let dir = scratch();
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        store.insert(payment("pay_2")).unwrap();
+        for amount in [10, 20, 30] {
+            store.update("pay_2", &mut |p| p.captured_amount = amount);
+        }
+        store.update("pay_2", &mut |p| p.status = PaymentStatus::Succeeded);
+        store.durable("pay_2").await.unwrap();
+        assert_eq!(store.memory.len(), 0, "settled and committed");
+        // A refund of the evicted payment: read back, changed, written again.
+        assert!(store.update("pay_2", &mut |p| p.refunded_amount = 5));
+        store.durable("pay_2").await.unwrap();
+        let back = store.get("pay_2").unwrap();
+        assert_eq!((back.captured_amount, back.refunded_amount), (30, 5));
+        let reader = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
+        let (rows, refunded): (i64, i64) = reader
+            .query_row(
+                "SELECT COUNT(*), MAX(refunded_amount) FROM payments WHERE id = 'pay_2'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        drop(reader);
+        assert_eq!((rows, refunded), (1, 5));
+        assert!(!store.update("pay_unknown", &mut |_| {}));
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_into_the_database_file() {
+        let dir = scratch();
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        for n in 0..50 {
+            store.insert(payment(&format!("pay_c{n}"))).unwrap();
+        }
+        store.durable("pay_c49").await.unwrap();
+        // Commits go to the WAL only (the writer never checkpoints); the database file
+        // receives them from the checkpointer.
+        let size = || std::fs::metadata(dir.join("journal.db")).map_or(0, |m| m.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while size() < 8 * 4096 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(sqlite::CHECKPOINT_EVERY).await;
+        }
+        assert!(size() >= 8 * 4096, "database file is {} bytes", size());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused_by_name() {
+        let dir = scratch();
+        let path = dir.join("journal.db");
+        std::fs::write(
+            &path,
+            b"this is not a database, just text that is long enough to have a header",
+        )
+        .unwrap();
+        let error = JournalStore::open(&settings(&dir))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("journal.db"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_cannot_write_refuses_new_payments() {
+        let dir = scratch();
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        store.insert(payment("pay_ok")).unwrap();
+        store.durable("pay_ok").await.unwrap();
+        // What the writer does when a commit fails (disk full, I/O error).
+        store.healthy.store(false, Ordering::Release);
+        assert!(store.insert(payment("pay_refused")).is_err());
+        assert!(
+            store.get("pay_refused").is_none(),
+            "a refused payment is not kept"
+        );
+        assert!(store.get("pay_ok").is_some());
+    }
+}
