@@ -486,8 +486,10 @@ fn fail_barriers(batch: Vec<Write>, error: &DbError) -> Vec<Write> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use super::*;
-    use crate::store::{Attempt, Outcome};
+    use crate::store::{Attempt, Outcome, PaymentStatus};
 
     fn payment(id: &str) -> Payment {
         Payment {
