@@ -1,8 +1,9 @@
 //! The daily operations report: `paygate report --date YYYY-MM-DD [--format html|md|csv]
-//! [--out FILE] [--journal PATH]`.
+//! [--out FILE] [--journal PATH | --journal-url postgres://... [--journal-schema NAME]]`.
 //!
 //! Owns reading one UTC day out of the journal (`journal`), the figures (`figures`), the
-//! anomaly rules against the previous seven days (`anomaly`), and the three renderings
+//! anomaly rules against the previous seven days (`anomaly`), the copy of a PostgreSQL
+//! journal's rows into the same queries (`postgres`), and the three renderings
 //! (`csv`, `markdown`, `html` with inline SVG charts from `charts`).
 //!
 //! It must not write to the journal (it opens it read-only, beside a live gateway), must not
@@ -25,6 +26,7 @@ pub mod figures;
 mod html;
 mod journal;
 mod markdown;
+mod postgres;
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +48,13 @@ pub struct ReportArgs {
     /// The journal (SQLite) to read.
     #[arg(long, default_value = "paygate.db")]
     pub journal: PathBuf,
+    /// Read the journal from PostgreSQL instead (as `[journal] url`), e.g.
+    /// postgres://paygate@db:5432/paygate; a password belongs in the environment variable.
+    #[arg(long, env = "PAYGATE_JOURNAL_URL", hide_env_values = true)]
+    pub journal_url: Option<String>,
+    /// The schema of the journal in PostgreSQL (as `[journal] schema`).
+    #[arg(long, default_value = "paygate")]
+    pub journal_schema: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,7 +109,10 @@ pub fn run(args: &ReportArgs) -> Result<(), ReportError> {
         .format
         .or_else(|| args.out.as_deref().and_then(Format::from_extension))
         .unwrap_or(Format::Md);
-    let report = build(&args.journal, args.date)?;
+    let report = match &args.journal_url {
+        Some(url) => postgres::read(url, &args.journal_schema, args.date)?,
+        None => build(&args.journal, args.date)?,
+    };
     let text = render(&report, format)?;
     match &args.out {
         Some(path) => std::fs::write(path, text).map_err(|source| ReportError::Write {
