@@ -54,10 +54,7 @@ impl Scratch {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        Self(std::env::temp_dir().join(format!(
-            "paygate-report-{}-{nanos}.db",
-            std::process::id()
-        )))
+        Self(std::env::temp_dir().join(format!("paygate-report-{}-{nanos}.db", std::process::id())))
     }
 }
 
