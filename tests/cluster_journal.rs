@@ -450,3 +450,144 @@ async fn a_journal_url_with_a_password_or_an_unreachable_database_is_refused_by_
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// A TCP forwarder to PostgreSQL that the test can cut (every connection dropped, new ones
+/// closed at once) and restore: the database going away and coming back, as a replica sees it.
+struct Cuttable {
+    addr: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Cuttable {
+    async fn to(target: &'static str) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up_flag, current) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up_flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let born = current.load(Ordering::SeqCst);
+                let current = current.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let cut = async {
+                        while current.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        Cuttable {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn readyz(gateway: &Process) -> Answer {
+    send(Method::GET, &format!("{}/readyz", gateway.admin), &[], "").await
+}
+
+#[tokio::test]
+async fn postgres_lost_mid_run_refuses_new_payments_unsent_and_service_resumes_when_it_is_back() {
+    require("PostgreSQL", POSTGRES);
+    require("Redis", REDIS);
+    let sim = Process::mock_psp(&["--name", "psp", "--success-rate", "1"]).await;
+    let schema = Schema(unique_name());
+    let proxy = Cuttable::to(POSTGRES).await;
+    let text = routes(&schema.0, &[("psp", &sim)], "").replace(
+        &format!("url = \"{POSTGRES_URL}\""),
+        &format!(
+            "url = \"postgres://postgres@{}/test\"\ntimeout_ms = 500",
+            proxy.addr
+        ),
+    );
+    let gateway = Process::gateway(&text).await;
+    let first = pay(&gateway, &card_payment(100, "EUR")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.json);
+    assert_eq!(readyz(&gateway).await.status, StatusCode::OK);
+
+    proxy.cut();
+    // A payment whose intent cannot be recorded is not sent: 503, the PSP never sees it.
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the lost journal was never noticed"
+        );
+        let answer = pay(&gateway, &card_payment(100, "EUR")).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused += 1;
+        } else {
+            assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+        }
+    }
+    let ready = readyz(&gateway).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.json
+    );
+    assert_eq!(ready.json["status"], "journal_unavailable");
+    let sent_while_down = sim.stats().await["payments"].as_u64().unwrap_or(0);
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resumed = loop {
+        let answer = pay(&gateway, &card_payment(100, "EUR")).await;
+        if answer.status == StatusCode::CREATED {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service never resumed: {}",
+            answer.json
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed.json["status"], "succeeded");
+    assert_eq!(readyz(&gateway).await.status, StatusCode::OK);
+    // Every payment the PSP received is in the journal as succeeded; the refused ones were
+    // never sent.
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["payments"].as_u64(),
+        Some(sent_while_down + 1),
+        "{stats}"
+    );
+    let durable = get_payment(&gateway, KEY, resumed.json["id"].as_str().unwrap()).await;
+    assert_eq!(durable.status, StatusCode::OK);
+    assert_eq!(
+        count(
+            &schema.0,
+            "SELECT COUNT(*) FROM payments WHERE status = 'succeeded'"
+        ),
+        sent_while_down + 1
+    );
+}

@@ -54,9 +54,10 @@ impl Admin {
                 );
                 response
             }
-            "/readyz" if self.ready.load(Ordering::SeqCst) => {
-                json_response(StatusCode::OK, &json!({"status": "ready"}))
-            }
+            "/readyz" if self.ready.load(Ordering::SeqCst) => match self.gateway.store.health() {
+                Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+                Err(error) => journal_unavailable(&error),
+            },
             "/readyz" => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "shutting_down"}),
@@ -66,9 +67,20 @@ impl Admin {
     }
 }
 
+/// The journal cannot take payments (it cannot write, or is behind): new ones get 503.
+fn journal_unavailable(error: &crate::store::StoreError) -> HttpResponse {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"status": "journal_unavailable", "reason": error.to_string()}),
+    )
+}
+
 /// Ready while Redis answers; without it, a replica whose shared features fail open still
 /// serves (`degraded`), one with a `fail_closed` feature would refuse what it must not risk.
 async fn cluster_readiness(gateway: &Gateway, cluster: &crate::cluster::Cluster) -> HttpResponse {
+    if let Err(error) = gateway.store.health() {
+        return journal_unavailable(&error);
+    }
     let Err(error) = cluster.ping().await else {
         return json_response(StatusCode::OK, &json!({"status": "ready"}));
     };

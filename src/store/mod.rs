@@ -248,6 +248,10 @@ pub trait PaymentStore: Send + Sync + 'static {
     fn durable(&self, id: &str) -> Durable;
     /// Payments in doubt (pending, or with a pending capture or refund), for reconciliation.
     fn pending(&self) -> Vec<Payment>;
+    /// Whether a new payment would be taken now (`/readyz` asks).
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Takes (or renews) the right to reconcile `payment_id` for `for`, so that one replica
     /// asks a PSP about a payment at a time; false while another holds it. A store only one
     /// process writes always grants it.

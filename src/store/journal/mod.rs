@@ -223,6 +223,14 @@ impl JournalStore {
 
 impl PaymentStore for JournalStore {
     fn insert(&self, payment: Payment) -> Result<(), StoreError> {
+        self.health()?;
+        let id = payment.id.clone();
+        self.memory.insert(payment)?;
+        self.journal(&id);
+        Ok(())
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
         if !self.healthy.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(
                 "cannot write (see the logs)".into(),
@@ -231,9 +239,6 @@ impl PaymentStore for JournalStore {
         if self.queued.load(Ordering::Acquire) >= self.capacity {
             return Err(StoreError::Unavailable("is behind".into()));
         }
-        let id = payment.id.clone();
-        self.memory.insert(payment)?;
-        self.journal(&id);
         Ok(())
     }
 
