@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Cluster mode beside single-node, in one run: the same paygate pipeline in front of one
+# `paygate mock-psp`, as
+#   single    - the shipped mode: SQLite journal, limits and keys in process
+#   redis     - [cluster] on the machine's Redis (shared limits and key claims), SQLite journal
+#   redis+pg  - [cluster] on Redis and [journal] url on the machine's PostgreSQL
+# Per target and round: a closed-loop throughput run and a fixed-rate latency run (wrk with
+# benches/load/pay.lua and pace.lua), targets interleaved, medians over the rounds. Also counts
+# the Redis commands and PostgreSQL transactions per payment from the servers' own counters.
+# Writes benches/CLUSTER.md. Every load loop is bounded by wrk's -d. See benches/LOAD.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CORES=$(nproc)
+WARMUP=${WARMUP:-3}
+DURATION=${DURATION:-10}
+LAT_DURATION=${LAT_DURATION:-10}
+REPEATS=${REPEATS:-3}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-$CORES}
+RATE=${RATE:-2000}             # the fixed rate of the latency run; every target sustains it
+REDIS=${REDIS:-127.0.0.1:6379}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+API_KEY=bench-key-$$
+OUT=${OUT:-$ROOT/benches/CLUSTER.md}
+TARGETS="single redis redis+pg"
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+redis-cli -u "redis://$REDIS" ping >/dev/null || { log "Redis is not answering on $REDIS"; exit 1; }
+pg_isready -q -d "$PG_URL" || { log "PostgreSQL is not answering on $PG_URL"; exit 1; }
+
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release --quiet)
+PAYGATE=$ROOT/target/release/paygate
+TMP=$(mktemp -d /tmp/paygate-cluster.XXXXXX)
+PIDS=()
+SCHEMAS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for s in "${SCHEMAS[@]:-}"; do [ -n "$s" ] && psql -q "$PG_URL" -c "DROP SCHEMA IF EXISTS $s CASCADE" >/dev/null 2>&1 || true; done
+  [ -n "${KEEP_TMP:-}" ] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+wait_line() { # file pattern
+  for _ in $(seq 100); do
+    grep -m1 -oE "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "nothing matching $2 in $1:"; cat "$1" >&2; return 1
+}
+
+# The 400-byte payment of run.sh.
+base='{"amount":1999,"currency":"EUR","method":"card","country":"DE","capture":true,"card":{"number":"4111111111111111","exp_month":12,"exp_year":2030,"cvc":"123"},"reference":"'
+ref="order-2026-11-25-web-checkout-"
+while [ $(( ${#base} + ${#ref} + 2 )) -lt 400 ]; do ref="${ref}x"; done
+printf '%s%s"}' "$base" "$ref" > "$TMP/body.json"
+cp "$HERE/pay.lua" "$TMP/closed.lua"
+cat "$HERE/pay.lua" "$HERE/pace.lua" > "$TMP/paced.lua"
+
+"$PAYGATE" mock-psp --listen 127.0.0.1:0 --name sim --latency fixed:0 --success-rate 1.0 \
+  > "$TMP/sim.out" 2>"$TMP/sim.err" &
+PIDS+=($!)
+SIMADDR=$(wait_line "$TMP/sim.out" '127\.0\.0\.1:[0-9]+')
+SIMPORT=${SIMADDR##*:}
+KEYHASH=$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)
+
+GW_PID=; GW_URL=; GW_ADMIN=
+start() { # target round
+  local dir=$TMP/$1-$2 name
+  name=bench_$$_${2}_$(echo "$1" | tr -c 'a-z\n' '_')
+  mkdir -p "$dir"
+  sed -e "s|@SIMPORT@|$SIMPORT|g" -e "s|@JOURNAL@|$dir/journal.db|" -e "s|@KEYHASH@|$KEYHASH|" \
+    "$HERE/routes.toml.tmpl" > "$dir/routes.toml"
+  case $1 in
+    redis|redis+pg)
+      printf '\n[cluster]\nredis_url = "redis://%s"\nkey_prefix = "%s:"\n' "$REDIS" "$name" >> "$dir/routes.toml" ;;
+  esac
+  if [ "$1" = redis+pg ]; then
+    SCHEMAS+=("$name")
+    # The [journal] table of the template gains the database: its path is then unused.
+    sed -i "s|^\[journal\]|[journal]\nurl = \"$PG_URL\"\nschema = \"$name\"|" "$dir/routes.toml"
+  fi
+  "$PAYGATE" --config "$dir/routes.toml" check > /dev/null
+  "$PAYGATE" --config "$dir/routes.toml" serve > "$dir/stdout" 2> "$dir/stderr" &
+  GW_PID=$!
+  PIDS+=($GW_PID)
+  local line
+  line=$(wait_line "$dir/stdout" 'paygate listening on http://[0-9.:]+ \(admin http://[0-9.:]+\)')
+  GW_URL=$(echo "$line" | grep -oE 'http://[0-9.:]+' | sed -n 1p)
+  GW_ADMIN=$(echo "$line" | grep -oE 'http://[0-9.:]+' | sed -n 2p)
+}
+stop() {
+  kill "$GW_PID" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$GW_PID" 2>/dev/null || true
+  wait "$GW_PID" 2>/dev/null || true
+}
+run_wrk() { # kind seconds tag -> RESULT line
+  local rate=0 script=$TMP/closed.lua
+  if [ "$1" = paced ]; then rate=$RATE; script=$TMP/paced.lua; fi
+  wrk -t "$THREADS" -c "$CONNS" -d "${2}s" --timeout 5s -s "$script" "$GW_URL/v1/payments" \
+    -- /v1/payments "$rate" "$THREADS" "$TMP/body.json" "$3" "$API_KEY" > "$TMP/wrk-$3.out" 2>&1 || true
+  grep -m1 '^RESULT' "$TMP/wrk-$3.out" || echo "RESULT requests=0"
+}
+field() { echo "$1" | grep -oE "(^| )$2=[0-9.]+" | cut -d= -f2; }
+redis_calls() { redis-cli -u "redis://$REDIS" info commandstats | awk -F'[:=,]' '/^cmdstat_/ {s+=$3} END{print s+0}'; }
+pg_commits() { psql -tA "$PG_URL" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
+payments() { curl -s "$GW_ADMIN/metrics" | awk '/^paygate_payments_total/ {s+=$NF} END{print s+0}'; }
+
+RAW=$TMP/raw.tsv
+printf 'round\ttarget\trps\terrors\tp50_us\tp99_us\tp999_us\tredis_per_payment\tpg_per_payment\n' > "$RAW"
+for round in $(seq "$REPEATS"); do
+  for t in $TARGETS; do
+    start "$t" "$round"
+    run_wrk closed "$WARMUP" "r$round-$t-warm" > /dev/null
+    r0=$(redis_calls); c0=$(pg_commits); n0=$(payments)
+    thr=$(run_wrk closed "$DURATION" "r$round-$t-thr")
+    r1=$(redis_calls); c1=$(pg_commits); n1=$(payments)
+    lat=$(run_wrk paced "$LAT_DURATION" "r$round-$t-lat")
+    errors=$(( $(field "$thr" err_connect) + $(field "$thr" err_read) + $(field "$thr" err_timeout) + $(field "$thr" non2xx) + $(field "$lat" non2xx) + $(field "$lat" err_timeout) ))
+    per() { awk -v d="$1" -v n="$2" 'BEGIN{ if (n > 0) printf "%.2f", d/n; else print "-" }'; }
+    rpp=$(per $((r1 - r0)) $((n1 - n0)))
+    ppp=$(per $((c1 - c0)) $((n1 - n0)))
+    stop
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$(field "$thr" rps)" "$errors" \
+      "$(field "$lat" p50_us)" "$(field "$lat" p99_us)" "$(field "$lat" p999_us)" "$rpp" "$ppp" >> "$RAW"
+    log "round $round $t: $(field "$thr" rps) req/s; at $RATE req/s p50 $(field "$lat" p50_us) us p99 $(field "$lat" p99_us) us; errors $errors; Redis commands/payment $rpp (server-wide), PostgreSQL commits/payment $ppp (database-wide)"
+  done
+done
+
+med() { awk -F'\t' -v t="$1" -v c="$2" 'NR>1 && $2==t {print $c}' "$RAW" | sort -g | awk '{a[NR]=$1} END{if(NR%2) print a[(NR+1)/2]; else printf "%g\n", (a[NR/2]+a[NR/2+1])/2}'; }
+declare -A M
+for t in $TARGETS; do for c in 3 4 5 6 7 8 9; do M[$t,$c]=$(med "$t" "$c"); done; done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
+ms() { awk -v u="$1" 'BEGIN{printf "%.3f", u/1000}'; }
+added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", (a-b)/1000}'; }
+pass() { if awk "BEGIN{exit !($1)}"; then echo PASS; else echo FAIL; fi; }
+{
+  echo "# Cluster mode against single-node"
+  echo
+  echo "Written by \`benches/load/cluster.sh\`. Do not edit by hand."
+  echo
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); paygate $(cd "$ROOT" && git rev-parse --short HEAD)"
+  echo "- Machine: $CORES cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); wrk, Redis, PostgreSQL, paygate and the simulator share them"
+  echo "- Load: wrk $THREADS threads, $CONNS connections, the 400-byte payment of run.sh with a unique Idempotency-Key each; per target and round ${WARMUP} s warm-up, ${DURATION} s closed loop, ${LAT_DURATION} s at $RATE req/s; $REPEATS rounds, targets interleaved; medians"
+  echo "- Pipeline: benches/load/routes.toml.tmpl (auth, rate limits, idempotency, adaptive routing over 3 channels, journal \`sync = \"batch\"\`); redis adds \`[cluster]\`, redis+pg also \`[journal] url\`"
+  echo
+  echo "| target | throughput req/s | p50 ms | p99 ms | p99.9 ms | errors | Redis commands / payment | PostgreSQL commits / payment |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for t in $TARGETS; do
+    echo "| $t | ${M[$t,3]} | $(ms "${M[$t,5]}") | $(ms "${M[$t,6]}") | $(ms "${M[$t,7]}") | ${M[$t,4]} | ${M[$t,8]} | ${M[$t,9]} |"
+  done
+  echo
+  echo "| bar | figure | verdict |"
+  echo "| --- | ---: | --- |"
+  echo "| redis throughput >= 0.7x single | $(ratio "${M[redis,3]}" "${M[single,3]}")x | $(pass "${M[redis,3]} >= 0.7 * ${M[single,3]}") |"
+  echo "| redis+pg throughput >= 0.7x single | $(ratio "${M[redis+pg,3]}" "${M[single,3]}")x | $(pass "${M[redis+pg,3]} >= 0.7 * ${M[single,3]}") |"
+  echo "| p99 added by Redis < 1 ms | $(added "${M[redis,6]}" "${M[single,6]}") ms | $(pass "${M[redis,6]} - ${M[single,6]} < 1000") |"
+  echo
+  echo "Redis commands per payment are read from \`INFO commandstats\` over the closed-loop run"
+  echo "(every client of that Redis counts), PostgreSQL commits from \`pg_stat_database\` (every"
+  echo "client of that database counts). Per-round figures:"
+  echo
+  echo '```'
+  cat "$RAW"
+  echo '```'
+} > "$OUT"
+log "wrote $OUT"
