@@ -114,3 +114,58 @@ pub fn status_text(status: PaymentStatus) -> &'static str {
         PaymentStatus::Failed => "failed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::Kept;
+
+    fn record(target: &str) -> KeyRecord {
+        KeyRecord {
+            request_hash: [7; 32],
+            kept: Kept::Made(target.into()),
+            expires_at_ms: 10,
+        }
+    }
+
+    #[test]
+    fn a_key_keeps_its_last_change_and_a_payment_is_read_once() {
+        let memory = MemoryStore::new();
+        let (a, b) = (Scope::new("m", "a"), Scope::new("m", "b"));
+        let batch = vec![
+            Write::Key(a.clone(), record("pay_1")),
+            Write::Key(b.clone(), record("pay_2")),
+            Write::FreeKey(a.clone()),
+            Write::SweepKeys(5),
+            Write::Key(a.clone(), record("pay_3")),
+            Write::SweepKeys(9),
+            Write::Payment("pay_unknown".into()),
+            Write::Payment("pay_unknown".into()),
+        ];
+        let rows = Rows::gather(&batch, &memory).unwrap();
+        let keys: Vec<(&Scope, Option<&Kept>)> = rows
+            .keys
+            .iter()
+            .map(|(scope, change)| (*scope, change.map(|r| &r.kept)))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (&a, Some(&Kept::Made("pay_3".into()))),
+                (&b, Some(&Kept::Made("pay_2".into())))
+            ]
+        );
+        assert_eq!(rows.sweep_before_ms, Some(9));
+        assert!(
+            rows.payments.is_empty(),
+            "an unknown payment writes nothing"
+        );
+
+        let freed = [
+            Write::Key(a.clone(), record("pay_1")),
+            Write::FreeKey(a.clone()),
+        ];
+        let rows = Rows::gather(&freed, &memory).unwrap();
+        assert!(matches!(rows.keys.as_slice(), [(scope, None)] if *scope == &a));
+    }
+}
