@@ -150,6 +150,7 @@ fn journal_idempotency(c: &mut Criterion) {
         path: dir.join("journal.db"),
         sync: JournalSync::Batch,
         queue: 2_000_000,
+        postgres: None,
     })
     .expect("journal");
     let settings = Idempotency::default();
