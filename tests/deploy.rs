@@ -28,7 +28,9 @@ use http::Method;
 use serde::Deserialize;
 use serde_norway::Value;
 
-use support::{BIN, Process, base_config, scratch_dir, try_send};
+use support::{
+    BIN, KEY, Process, base_config, card_payment, get_payment, pay, scratch_dir, try_send,
+};
 
 // --- files -------------------------------------------------------------------------------------
 
@@ -219,54 +221,22 @@ fn paygate_check(file: &Path) -> Output {
     let mut command = Command::new(BIN);
     command.arg("check").arg(file);
     for name in gateway_variables() {
-        command.env(name, "placeholder-for-paygate-check");
+        // The journal URL must parse as one; a password is fine, it comes from `env:`.
+        let value = match name.as_str() {
+            "PAYGATE_JOURNAL_URL" => "postgres://paygate:placeholder@postgres:5432/paygate",
+            _ => "placeholder-for-paygate-check",
+        };
+        command.env(name, value);
     }
     run(&mut command)
 }
 
-/// `paygate check` accepts `file`, a copy of the cluster routes file, with one exception
-/// while it lasts: `[journal] url` is the PostgreSQL journal's key (issue 14), being built
-/// beside these files. Until the loader knows it, the one problem allowed is that key on
-/// its own line, and every other key must pass today, which the copy without that line
-/// proves.
+/// `paygate check` accepts `file`, a copy of the cluster routes file.
 fn assert_paygate_accepts(file: &Path) {
     let output = paygate_check(file);
-    if output.status.success() {
-        return;
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let text = std::fs::read_to_string(file).expect("read the routes file");
-    let url_line = text
-        .lines()
-        .position(|l| l.starts_with("url = \"env:PAYGATE_JOURNAL_URL\""))
-        .map(|i| i + 1)
-        .expect("[journal] url line");
-    let problems: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.ends_with("problem(s)"))
-        .collect();
-    let expected = format!("{}:{url_line}:1: unknown field `url`", file.display());
-    assert!(
-        problems.len() == 1 && problems[0].starts_with(&expected),
-        "paygate check refused {} for more than the pending [journal] url key:\n{stderr}",
-        file.display()
-    );
-    notice(&format!(
-        "paygate does not know [journal] url yet ({}); the rest of the file was checked without it",
-        problems[0]
-    ));
-    let without_url = scratch_dir().join("routes.toml");
-    let kept: Vec<&str> = text
-        .lines()
-        .enumerate()
-        .filter(|(i, _)| i + 1 != url_line)
-        .map(|(_, l)| l)
-        .collect();
-    std::fs::write(&without_url, kept.join("\n") + "\n").expect("write routes copy");
-    let output = paygate_check(&without_url);
     assert!(
         output.status.success(),
-        "{} without [journal] url:\n{}",
+        "paygate check refused {}:\n{}",
         file.display(),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -780,6 +750,18 @@ fn k8s_deployment_runs_three_hardened_replicas_on_the_routes_ports() {
             .iter()
             .any(|c| c.as_str() == Some("ALL")),
         "capabilities drop ALL"
+    );
+    // With a read-only root, the temp folder `paygate report` writes its scratch copy to
+    // must be a volume.
+    let tmp = items(&container["volumeMounts"], "volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some("/tmp"))
+        .expect("a writable /tmp");
+    assert!(
+        items(&pod["volumes"], "volumes")
+            .iter()
+            .any(|v| v["name"] == tmp["name"] && v["emptyDir"].is_mapping()),
+        "/tmp is an emptyDir"
     );
     for resource in ["cpu", "memory"] {
         assert!(
@@ -1666,6 +1648,137 @@ fn deploy_readme_names_every_file() {
             "deploy/README.md does not describe `{relative}`"
         );
     }
+}
+
+// --- the cluster routes file, served --------------------------------------------------------
+
+/// The machine's PostgreSQL (trust auth) and Redis, as tests/cluster_journal.rs uses them;
+/// `.ci/run` starts both when they are down.
+const LOCAL_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const LOCAL_REDIS: &str = "127.0.0.1:6379";
+
+fn require(service: &str, addr: &str) {
+    let up = std::net::TcpStream::connect_timeout(
+        &addr.parse().expect("address"),
+        Duration::from_secs(1),
+    )
+    .is_ok();
+    assert!(up, "{service} is not running on {addr}: .ci/run starts it");
+}
+
+/// Drops the test's journal schema when the test ends, passed or not.
+struct Schema(String);
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut client) = postgres::Client::connect(LOCAL_POSTGRES_URL, postgres::NoTls) {
+                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+            }
+        })
+        .join();
+    }
+}
+
+/// Replaces `from` (which must occur exactly once) by `to`.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{ROUTES}: {from:?} once");
+    text.replacen(from, to, 1)
+}
+
+/// `deploy/routes.cluster.toml` as shipped, on two replicas at once, with only what a
+/// single test machine needs changed: both listeners on 127.0.0.1 port 0, the channels on
+/// two simulators started here, Redis and PostgreSQL on 127.0.0.1, a journal schema and key
+/// prefix of the test's own, and a Redis timeout for a loaded machine. The merchant, rules,
+/// fail policies and `url = "env:PAYGATE_JOURNAL_URL"` are the file's.
+#[tokio::test]
+async fn the_cluster_routes_file_serves_on_two_replicas_sharing_one_journal() {
+    require("PostgreSQL", "127.0.0.1:5432");
+    require("Redis", LOCAL_REDIS);
+    let sim_a = Process::mock_psp(&["--name", "psp_a", "--success-rate", "1"]).await;
+    let sim_b = Process::mock_psp(&["--name", "psp_b", "--success-rate", "1"]).await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let schema = Schema(format!("deploy{}_{nanos}", std::process::id()));
+
+    let ports = ports();
+    let mut text = read(ROUTES);
+    for (from, to) in [
+        (
+            format!("listen = \"0.0.0.0:{}\"", ports.merchant),
+            "listen = \"127.0.0.1:0\"".to_string(),
+        ),
+        (
+            format!("admin_listen = \"0.0.0.0:{}\"", ports.admin),
+            "admin_listen = \"127.0.0.1:0\"".to_string(),
+        ),
+        (
+            "url = \"http://psp-a:9101\"".into(),
+            format!("url = \"{}\"", sim_a.base),
+        ),
+        (
+            "url = \"http://psp-b:9101\"".into(),
+            format!("url = \"{}\"", sim_b.base),
+        ),
+        (
+            "redis_url = \"redis://redis:6379\"".into(),
+            format!("redis_url = \"redis://{LOCAL_REDIS}\""),
+        ),
+        (
+            "key_prefix = \"paygate:\"".into(),
+            format!("key_prefix = \"{}:\"", schema.0),
+        ),
+        // tests/cluster_journal.rs does the same: 50 ms is tight while tests build beside.
+        ("timeout_ms = 50 ".into(), "timeout_ms = 1000 ".into()),
+        (
+            "url = \"env:PAYGATE_JOURNAL_URL\"".into(),
+            format!(
+                "url = \"env:PAYGATE_JOURNAL_URL\"\nschema = \"{}\"",
+                schema.0
+            ),
+        ),
+    ] {
+        text = replace_once(&text, &from, &to);
+    }
+    let env = [
+        ("PAYGATE_JOURNAL_URL", LOCAL_POSTGRES_URL),
+        ("PSP_A_AUTH", "Bearer test-a"),
+        ("PSP_B_AUTH", "Bearer test-b"),
+        ("PAYGATE_ADMIN_TOKEN", "test-admin-token"),
+        ("PAYGATE_FINGERPRINT_KEY", "test-fingerprint-key"),
+    ];
+    let first = Process::gateway_with_env(&text, &env).await;
+    let second = Process::gateway_with_env(&text, &env).await;
+
+    for replica in [&first, &second] {
+        let ready = try_send(Method::GET, &format!("{}/readyz", replica.admin), &[], "")
+            .await
+            .expect("GET /readyz");
+        assert_eq!(ready.status, http::StatusCode::OK, "{}", ready.json);
+        assert_eq!(
+            ready.json["status"], "ready",
+            "Redis and the journal answer"
+        );
+    }
+    // The demo merchant pays on one replica (rule eu-cards) and reads it on the other.
+    let paid = pay(&first, &card_payment(1_999, "EUR")).await;
+    assert_eq!(paid.status, http::StatusCode::CREATED, "{}", paid.json);
+    let id = paid.json["id"].as_str().expect("payment id");
+    assert!(
+        ["psp_a", "psp_b"].contains(&paid.json["channel"].as_str().unwrap_or_default()),
+        "{}",
+        paid.json
+    );
+    let read = get_payment(&second, KEY, id).await;
+    assert_eq!(read.status, http::StatusCode::OK, "{}", read.json);
+    assert_eq!(read.json["status"], paid.json["status"]);
+    assert_eq!(read.json["channel"], paid.json["channel"]);
+    let charged = sim_a.stats().await["payments"].as_u64().unwrap_or_default()
+        + sim_b.stats().await["payments"].as_u64().unwrap_or_default();
+    assert_eq!(charged, 1, "one payment reached one PSP");
 }
 
 // --- ConfigMap updates -------------------------------------------------------------------------
