@@ -216,13 +216,25 @@ fn watch_routes(gateway: &Arc<Gateway>) -> Option<impl Future<Output = ()> + Sen
     if !config.server.watch_routes {
         return None;
     }
-    let file = std::fs::canonicalize(&config.file).unwrap_or_else(|_| config.file.clone());
+    // The path as given (made absolute), not where its symlinks lead: a Kubernetes ConfigMap
+    // is `routes.toml -> ..data/routes.toml` with `..data -> ..<timestamp>/`, and an update
+    // swaps `..data` and deletes the old folder, so a watch on where the file led would die
+    // with the first update.
+    let file = std::path::absolute(&config.file).unwrap_or_else(|_| config.file.clone());
     let folder = file.parent()?.to_path_buf();
+    let target = std::sync::Mutex::new(std::fs::canonicalize(&file).ok());
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && event.paths.iter().any(|p| p == &file)
-        {
+        let Ok(event) = event else { return };
+        // The file itself changed, or a symlink on its way now leads elsewhere.
+        let touched = event.paths.iter().any(|p| p == &file) || {
+            let now = std::fs::canonicalize(&file).ok();
+            let mut last = target.lock().unwrap_or_else(|e| e.into_inner());
+            let moved = *last != now;
+            *last = now;
+            moved
+        };
+        if touched {
             let _ = changed.send(());
         }
     });
