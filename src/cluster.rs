@@ -110,7 +110,7 @@ impl Cluster {
     /// the connection itself.
     pub async fn connect(settings: &Settings) -> Result<Self, ClusterError> {
         let connect = |source| ClusterError::Connect {
-            url: settings.redis_url.clone(),
+            url: crate::config::without_credentials(&settings.redis_url),
             source,
         };
         let client = redis::Client::open(settings.redis_url.as_str()).map_err(connect)?;

@@ -278,7 +278,13 @@ async fn kill_9_of_a_replica_under_load_loses_nothing_and_the_other_settles_what
     ])
     .await;
     let schema = Schema(unique_name());
-    let text = routes(&schema.0, &[("psp", &sim)], "");
+    // A short request timeout: a key the dead replica claimed in Redis but never recorded is
+    // held for that long (plus a margin), then free for the merchant's retry.
+    let text = routes(&schema.0, &[("psp", &sim)], "").replacen(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:0\"\nrequest_timeout_ms = 3000",
+        1,
+    );
     let doomed = Arc::new(Process::gateway(&text).await);
     let survivor = Process::gateway(&text).await;
 
@@ -387,6 +393,14 @@ async fn kill_9_of_a_replica_under_load_loses_nothing_and_the_other_settles_what
                 retry.json
             );
         } else {
+            // Never recorded, so surely never sent: once the dead replica's claim lapses
+            // (409 until then), the retry makes the payment.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut retry = retry;
+            while retry.status == StatusCode::CONFLICT && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                retry = pay_keyed(&survivor, key, &card_payment(700, "EUR")).await;
+            }
             assert_eq!(retry.status, StatusCode::CREATED, "{key}: {}", retry.json);
             made_anew += 1;
         }

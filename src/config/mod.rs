@@ -289,11 +289,21 @@ pub struct Postgres {
 impl Postgres {
     /// Host, port, database and schema: what logs and errors may say.
     pub fn location(&self) -> String {
-        let rest = self.url.split_once("://").map_or("", |(_, rest)| rest);
-        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        let host = host.split('?').next().unwrap_or(host);
-        format!("postgres://{host} (schema {})", self.schema)
+        format!(
+            "{} (schema {})",
+            without_credentials(&self.url),
+            self.schema
+        )
     }
+}
+
+/// A connection URL as logs and errors may show it: scheme, host, port and path, without
+/// user, password or query.
+pub fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = host.split('?').next().unwrap_or(host);
+    format!("{scheme}://{host}")
 }
 
 impl fmt::Debug for Postgres {

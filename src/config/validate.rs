@@ -596,11 +596,23 @@ impl<'a> Checker<'a> {
     }
 
     fn cluster(&mut self, raw: &RawCluster) -> Cluster {
-        let url = raw.redis_url.get_ref();
+        // A Redis with a password: the whole URL from the environment.
+        let url = match raw.redis_url.get_ref().strip_prefix("env:") {
+            Some(_) => self
+                .secret(&raw.redis_url, "redis_url")
+                .and_then(|s| String::from_utf8(s.0).ok())
+                .unwrap_or_default(),
+            None => raw.redis_url.get_ref().clone(),
+        };
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            let shown = if raw.redis_url.get_ref().starts_with("env:") {
+                raw.redis_url.get_ref().clone()
+            } else {
+                url.clone()
+            };
             self.problem(
                 &raw.redis_url.span(),
-                format!("redis_url {url:?} must be a redis:// or rediss:// URL"),
+                format!("redis_url {shown:?} must be a redis:// or rediss:// URL"),
             );
         }
         let rate_limits =
@@ -609,7 +621,7 @@ impl<'a> Checker<'a> {
             self.fail_policy(raw.idempotency.as_ref(), "idempotency", FailPolicy::Closed);
         let timeout = self.positive(raw.timeout_ms.as_ref(), 50, "timeout_ms");
         Cluster {
-            redis_url: url.clone(),
+            redis_url: url,
             key_prefix: raw
                 .key_prefix
                 .as_ref()

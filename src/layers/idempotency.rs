@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
@@ -207,6 +207,10 @@ async fn admit(
     }
 }
 
+/// Beyond the request timeout, how long a claim in Redis may outlive its request: the wait
+/// for the journal's commit of what the request made.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+
 /// Cluster mode: a key new to this replica is claimed in Redis before it is processed, so
 /// that the same key on two replicas reaches a PSP once. The replica that loses frees its own
 /// record and answers 409 while the first request is in flight; once the first replica's
@@ -224,7 +228,16 @@ async fn claim_across_replicas(
     };
     let snapshot = gateway.snapshot();
     let settings = &snapshot.config.idempotency;
-    let refused = match cluster.claim(scope.as_str(), hash, settings.ttl).await {
+    // With a shared journal the claim only has to outlive the request (the record is in the
+    // journal before any PSP call), so a replica that dies mid-request blocks the key for
+    // that long, not for the key's whole TTL; without one the claim is the only record other
+    // replicas see.
+    let claim_for = if gateway.idempotency.shared() {
+        snapshot.config.server.request_timeout + CLAIM_MARGIN
+    } else {
+        settings.ttl
+    };
+    let refused = match cluster.claim(scope.as_str(), hash, claim_for).await {
         Ok(Claim::Won) => return Ok(None),
         Ok(Claim::Elsewhere) => ApiError::IdempotencyConflict(
             "this Idempotency-Key was first used on another replica, which holds its answer".into(),

@@ -41,9 +41,10 @@ pub fn read(url: &str, schema: &str, day: Day) -> Result<Report, ReportError> {
 
 /// The database and schema without credentials, for errors.
 fn location(url: &str, schema: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("postgres://{host} (schema {schema})")
+    format!(
+        "{} (schema {schema})",
+        crate::config::without_credentials(url)
+    )
 }
 
 /// A scratch file, deleted on drop.

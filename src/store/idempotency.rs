@@ -104,6 +104,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn flushed(&self) -> super::Durable {
         Box::pin(std::future::ready(Ok(())))
     }
+    /// Other replicas read the records this store writes (a shared journal): once a request
+    /// has bound what it made, any replica finds it here.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Drops expired records; returns how many it dropped now (a store may drop them later).
     fn sweep(&self, now: Instant) -> usize;
     fn len(&self) -> usize;

@@ -375,6 +375,10 @@ impl IdempotencyStore for JournalStore {
         PaymentStore::durable(self, "")
     }
 
+    fn shared(&self) -> bool {
+        self.shared
+    }
+
     /// Deleting is the writer's job: this queues it and reports none dropped yet.
     fn sweep(&self, _now: std::time::Instant) -> usize {
         self.enqueue(Write::SweepKeys(now_ms()));
