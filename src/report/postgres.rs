@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use super::day::{Day, MS_PER_DAY};
 use super::{Report, ReportError, journal};
@@ -84,106 +84,94 @@ fn copy(client: &mut Client, schema: &str, day: Day, into: &Path) -> Result<(), 
         .map_err(|e| text(&e))?;
     let start = day.start_ms() - BASELINE_DAYS * MS_PER_DAY;
     let end = day.end_ms();
-    let bounds: [&(dyn postgres::types::ToSql + Sync); 2] = [&start, &end];
-    {
-        let mut insert = sink
-            .prepare(
-                "INSERT INTO payments (id, merchant, amount, currency, method, country, status,
-                    channel, captured_amount, refunded_amount, reconciled, in_doubt,
-                    created_at_ms, updated_at_ms, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, '{}')",
-            )
-            .map_err(|e| text(&e))?;
-        let mut rows = source
-            .query_raw(
-                "SELECT id, merchant, amount, currency, method, country, status, channel,
-                        captured_amount, refunded_amount, reconciled, in_doubt, created_at_ms,
-                        updated_at_ms
-                 FROM payments WHERE created_at_ms >= $1 AND created_at_ms < $2",
-                bounds,
-            )
-            .map_err(|e| not_a_journal(&e))?;
-        while let Some(row) = rows.next().map_err(|e| text(&e))? {
-            insert
-                .execute(params![
-                    row.get::<_, String>(0),
-                    row.get::<_, String>(1),
-                    row.get::<_, i64>(2),
-                    row.get::<_, String>(3),
-                    row.get::<_, String>(4),
-                    row.get::<_, Option<String>>(5),
-                    row.get::<_, String>(6),
-                    row.get::<_, Option<String>>(7),
-                    row.get::<_, i64>(8),
-                    row.get::<_, i64>(9),
-                    row.get::<_, bool>(10),
-                    row.get::<_, bool>(11),
-                    row.get::<_, i64>(12),
-                    row.get::<_, i64>(13),
-                ])
-                .map_err(|e| text(&e))?;
-        }
-    }
-    {
-        let mut insert = sink
-            .prepare(
-                "INSERT INTO attempts (payment_id, number, merchant, channel, outcome,
-                    decline_code, latency_ms, amount, currency, method, country, failover, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .map_err(|e| text(&e))?;
-        let mut rows = source
-            .query_raw(
-                "SELECT a.payment_id, a.number, a.merchant, a.channel, a.outcome, a.decline_code,
-                        a.latency_ms, a.amount, a.currency, a.method, a.country, a.failover, a.at_ms
-                 FROM attempts a JOIN payments p ON p.id = a.payment_id
-                 WHERE p.created_at_ms >= $1 AND p.created_at_ms < $2",
-                bounds,
-            )
-            .map_err(|e| not_a_journal(&e))?;
-        while let Some(row) = rows.next().map_err(|e| text(&e))? {
-            insert
-                .execute(params![
-                    row.get::<_, String>(0),
-                    row.get::<_, i64>(1),
-                    row.get::<_, String>(2),
-                    row.get::<_, String>(3),
-                    row.get::<_, String>(4),
-                    row.get::<_, Option<String>>(5),
-                    row.get::<_, i64>(6),
-                    row.get::<_, i64>(7),
-                    row.get::<_, String>(8),
-                    row.get::<_, String>(9),
-                    row.get::<_, Option<String>>(10),
-                    row.get::<_, bool>(11),
-                    row.get::<_, i64>(12),
-                ])
-                .map_err(|e| text(&e))?;
-        }
-    }
-    {
-        let mut insert = sink
-            .prepare("INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)")
-            .map_err(|e| text(&e))?;
-        let mut rows = source
-            .query_raw(
-                "SELECT at_ms, kind, channel, detail FROM events WHERE at_ms >= $1 AND at_ms < $2",
-                bounds,
-            )
-            .map_err(|e| not_a_journal(&e))?;
-        while let Some(row) = rows.next().map_err(|e| text(&e))? {
-            insert
-                .execute(params![
-                    row.get::<_, i64>(0),
-                    row.get::<_, String>(1),
-                    row.get::<_, Option<String>>(2),
-                    row.get::<_, Option<String>>(3),
-                ])
-                .map_err(|e| text(&e))?;
-        }
-    }
+    let bounds = [start, end];
+    use Column::{Bool, Int, OptText, Text};
+    copy_rows(
+        &mut source,
+        &sink,
+        "SELECT id, merchant, amount, currency, method, country, status, channel,
+                captured_amount, refunded_amount, reconciled, in_doubt, created_at_ms,
+                updated_at_ms
+         FROM payments WHERE created_at_ms >= $1 AND created_at_ms < $2",
+        "INSERT INTO payments (id, merchant, amount, currency, method, country, status,
+            channel, captured_amount, refunded_amount, reconciled, in_doubt, created_at_ms,
+            updated_at_ms, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, '{}')",
+        &[
+            Text, Text, Int, Text, Text, OptText, Text, OptText, Int, Int, Bool, Bool, Int, Int,
+        ],
+        &bounds,
+    )?;
+    copy_rows(
+        &mut source,
+        &sink,
+        "SELECT a.payment_id, a.number, a.merchant, a.channel, a.outcome, a.decline_code,
+                a.latency_ms, a.amount, a.currency, a.method, a.country, a.failover, a.at_ms
+         FROM attempts a JOIN payments p ON p.id = a.payment_id
+         WHERE p.created_at_ms >= $1 AND p.created_at_ms < $2",
+        "INSERT INTO attempts (payment_id, number, merchant, channel, outcome, decline_code,
+            latency_ms, amount, currency, method, country, failover, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        &[
+            Text, Int, Text, Text, Text, OptText, Int, Int, Text, Text, OptText, Bool, Int,
+        ],
+        &bounds,
+    )?;
+    copy_rows(
+        &mut source,
+        &sink,
+        "SELECT at_ms, kind, channel, detail FROM events WHERE at_ms >= $1 AND at_ms < $2",
+        "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
+        &[Int, Text, OptText, OptText],
+        &bounds,
+    )?;
     sink.commit().map_err(|e| text(&e))?;
     source.commit().map_err(|e| text(&e))
+}
+
+/// A column's type in PostgreSQL, for its copy into SQLite.
+#[derive(Clone, Copy)]
+enum Column {
+    Text,
+    OptText,
+    Int,
+    Bool,
+}
+
+/// Streams the rows of `select` (bound to `bounds`) into `insert`, column by column.
+fn copy_rows(
+    source: &mut postgres::Transaction<'_>,
+    sink: &Connection,
+    select: &str,
+    insert: &str,
+    columns: &[Column],
+    bounds: &[i64; 2],
+) -> Result<(), String> {
+    use rusqlite::types::Value;
+    let mut insert = sink.prepare(insert).map_err(|e| e.to_string())?;
+    let mut rows = source
+        .query_raw(select, bounds.iter())
+        .map_err(|e| not_a_journal(&e))?;
+    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, column) in columns.iter().enumerate() {
+            let value = match column {
+                Column::Text => row.try_get::<_, String>(i).map(Value::Text),
+                Column::OptText => row
+                    .try_get::<_, Option<String>>(i)
+                    .map(|v| v.map_or(Value::Null, Value::Text)),
+                Column::Int => row.try_get::<_, i64>(i).map(Value::Integer),
+                Column::Bool => row
+                    .try_get::<_, bool>(i)
+                    .map(|b| Value::Integer(i64::from(b))),
+            };
+            values.push(value.map_err(|e| e.to_string())?);
+        }
+        insert
+            .execute(rusqlite::params_from_iter(values))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A missing table means the schema holds no journal.
