@@ -325,7 +325,7 @@ async fn kill_9_of_a_replica_under_load_loses_nothing_and_the_other_settles_what
     }
     let answered = answered.lock().unwrap().clone();
     assert!(
-        answered.len() >= 32,
+        answered.len() >= 16,
         "load ran: {} answered",
         answered.len()
     );
