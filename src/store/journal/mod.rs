@@ -355,10 +355,13 @@ impl IdempotencyStore for JournalStore {
     ) -> bool {
         let expires_at_ms = now_ms() + settings.ttl.as_millis() as u64;
         let bound = self.keys.bound(scope);
-        let keep = bound.as_deref().is_some_and(|target| {
-            let (payment_id, operation_id) = super::idempotency::split_target(target);
-            PaymentStore::get(self, payment_id).is_none_or(|p| !p.surely_failed(operation_id))
-        });
+        // Only a request without an answer to keep can free its key; the payment is read
+        // (from the journal, once it has settled) only then.
+        let keep = answer.is_none()
+            && bound.as_deref().is_some_and(|target| {
+                let (payment_id, operation_id) = super::idempotency::split_target(target);
+                PaymentStore::get(self, payment_id).is_none_or(|p| !p.surely_failed(operation_id))
+            });
         let record = self.keys.finish(scope, answer, keep, expires_at_ms);
         let Some(record) = record else {
             if bound.is_some() {
