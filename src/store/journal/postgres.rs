@@ -2,9 +2,9 @@
 //! every replica of a cluster writes. Owns the connections and the SQL; what is written when
 //! is `mod.rs`'s.
 //!
-//! The writer commits a whole batch in one transaction with one statement per table (rows
-//! passed as arrays and expanded with `UNNEST`), so a batch of hundreds of payments costs a
-//! handful of round trips. Reads go to a small pool of connections, each on its own thread
+//! The writer commits a whole batch as one statement (each table's rows passed as arrays and
+//! expanded with `UNNEST`), so a batch of hundreds of payments costs one round trip and one
+//! commit. Reads go to a small pool of connections, each on its own thread
 //! (the synchronous client must not run on the async runtime's threads); a caller waits at
 //! most `timeout`, and every statement is bounded by the server's `statement_timeout`
 //! too. A lost connection is opened again on the next use, so the journal recovers from a
@@ -24,6 +24,7 @@ use super::{Backend, DbError, Reader, Writer};
 use crate::config::Postgres as Settings;
 use crate::store::idempotency::StoredResponse;
 use crate::store::keys::{Kept, KeyRecord};
+use crate::store::{Attempt, Payment};
 
 const SCHEMA: &str = include_str!("../journal.pg.sql");
 /// Any number, the same for every replica: creating the schema is serialised on it, so that
@@ -90,12 +91,56 @@ fn create_schema(client: &mut Client, schema: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// One batch in one statement, so one round trip and one commit: each table's rows go as
+/// arrays, expanded with `UNNEST`, in data-modifying CTEs (which PostgreSQL runs as one
+/// atomic statement). A batch never changes one row twice: it holds each payment once and
+/// each key's last change only (`batch.rs`).
+const BATCH: &str = "
+WITH payment_rows AS (
+    INSERT INTO payments (id, merchant, amount, currency, method, country, status, channel,
+        psp_reference, decline_code, card_bin, card_last4, captured_amount, refunded_amount,
+        reconciled, created_at_ms, updated_at_ms, record, in_doubt)
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+        $13::int8[], $14::int8[], $15::bool[], $16::int8[], $17::int8[], $18::text[], $19::bool[])
+    ON CONFLICT (id) DO UPDATE SET status = excluded.status, channel = excluded.channel,
+        psp_reference = excluded.psp_reference, decline_code = excluded.decline_code,
+        captured_amount = excluded.captured_amount, refunded_amount = excluded.refunded_amount,
+        reconciled = excluded.reconciled, updated_at_ms = excluded.updated_at_ms,
+        record = excluded.record, in_doubt = excluded.in_doubt
+    RETURNING 1
+), attempt_rows AS (
+    INSERT INTO attempts (payment_id, number, merchant, channel, outcome, decline_code,
+        latency_ms, amount, currency, method, country, failover, at_ms)
+    SELECT * FROM UNNEST($20::text[], $21::int8[], $22::text[], $23::text[], $24::text[],
+        $25::text[], $26::int8[], $27::int8[], $28::text[], $29::text[], $30::text[],
+        $31::bool[], $32::int8[])
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), event_rows AS (
+    INSERT INTO events (at_ms, kind, channel, detail)
+    SELECT * FROM UNNEST($33::int8[], $34::text[], $35::text[], $36::text[])
+    RETURNING 1
+), key_rows AS (
+    INSERT INTO idempotency (scope, request_hash, status, body, channel, expires_at_ms, target)
+    SELECT * FROM UNNEST($37::text[], $38::bytea[], $39::int4[], $40::bytea[], $41::text[],
+        $42::int8[], $43::text[])
+    ON CONFLICT (scope) DO UPDATE SET request_hash = excluded.request_hash,
+        status = excluded.status, body = excluded.body, channel = excluded.channel,
+        expires_at_ms = excluded.expires_at_ms, target = excluded.target
+    RETURNING 1
+), freed_keys AS (
+    -- Only a record that names what it made and was never answered is freed: the request
+    -- in flight that made a payment which surely failed.
+    DELETE FROM idempotency WHERE scope = ANY($44::text[]) AND target IS NOT NULL
+    RETURNING 1
+)
+SELECT (SELECT COUNT(*) FROM payment_rows) + (SELECT COUNT(*) FROM attempt_rows)
+     + (SELECT COUNT(*) FROM event_rows) + (SELECT COUNT(*) FROM key_rows)
+     + (SELECT COUNT(*) FROM freed_keys)";
+
 struct Statements {
-    payments: Statement,
-    attempts: Statement,
-    events: Statement,
-    keys: Statement,
-    free_keys: Statement,
+    batch: Statement,
     sweep_keys: Statement,
     sweep_leases: Statement,
 }
@@ -103,47 +148,7 @@ struct Statements {
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Self, DbError> {
         Ok(Self {
-            payments: client.prepare(
-                "INSERT INTO payments (id, merchant, amount, currency, method, country, status,
-                    channel, psp_reference, decline_code, card_bin, card_last4, captured_amount,
-                    refunded_amount, reconciled, created_at_ms, updated_at_ms, record, in_doubt)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
-                    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                    $12::text[], $13::int8[], $14::int8[], $15::bool[], $16::int8[], $17::int8[],
-                    $18::text[], $19::bool[])
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, channel = excluded.channel,
-                    psp_reference = excluded.psp_reference, decline_code = excluded.decline_code,
-                    captured_amount = excluded.captured_amount,
-                    refunded_amount = excluded.refunded_amount, reconciled = excluded.reconciled,
-                    updated_at_ms = excluded.updated_at_ms, record = excluded.record,
-                    in_doubt = excluded.in_doubt",
-            )?,
-            attempts: client.prepare(
-                "INSERT INTO attempts (payment_id, number, merchant, channel, outcome, decline_code,
-                    latency_ms, amount, currency, method, country, failover, at_ms)
-                 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                    $6::text[], $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[],
-                    $12::bool[], $13::int8[])
-                 ON CONFLICT DO NOTHING",
-            )?,
-            events: client.prepare(
-                "INSERT INTO events (at_ms, kind, channel, detail)
-                 SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[])",
-            )?,
-            keys: client.prepare(
-                "INSERT INTO idempotency (scope, request_hash, status, body, channel,
-                    expires_at_ms, target)
-                 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int4[], $4::bytea[],
-                    $5::text[], $6::int8[], $7::text[])
-                 ON CONFLICT (scope) DO UPDATE SET request_hash = excluded.request_hash,
-                    status = excluded.status, body = excluded.body, channel = excluded.channel,
-                    expires_at_ms = excluded.expires_at_ms, target = excluded.target",
-            )?,
-            // Only a record that names what it made and was never answered is freed: the
-            // request in flight that made a payment which surely failed.
-            free_keys: client.prepare(
-                "DELETE FROM idempotency WHERE scope = ANY($1::text[]) AND target IS NOT NULL",
-            )?,
+            batch: client.prepare(BATCH)?,
             sweep_keys: client.prepare("DELETE FROM idempotency WHERE expires_at_ms <= $1")?,
             sweep_leases: client.prepare("DELETE FROM leases WHERE until_ms <= $1")?,
         })
@@ -183,188 +188,259 @@ impl PgWriter {
 impl Writer for PgWriter {
     fn commit(&mut self, rows: &Rows<'_>) -> Result<usize, DbError> {
         let (client, statements) = self.connected()?;
-        let mut transaction = client.transaction()?;
-        if !rows.payments.is_empty() {
-            let now = crate::store::now_ms() as i64;
-            let p = || rows.payments.iter().map(|row| &row.payment);
-            let ids: Vec<&str> = p().map(|p| p.id.as_str()).collect();
-            let merchants: Vec<&str> = p().map(|p| p.merchant.as_str()).collect();
-            let amounts: Vec<i64> = p().map(|p| p.amount as i64).collect();
-            let currencies: Vec<&str> = p().map(|p| p.currency.as_str()).collect();
-            let methods: Vec<&str> = p().map(|p| p.method.as_str()).collect();
-            let countries: Vec<Option<&str>> = p().map(|p| p.country.as_deref()).collect();
-            let statuses: Vec<&str> = p().map(|p| status_text(p.status)).collect();
-            let channels: Vec<Option<&str>> = p().map(|p| p.channel.as_deref()).collect();
-            let references: Vec<Option<&str>> = p().map(|p| p.psp_reference.as_deref()).collect();
-            let declines: Vec<Option<&str>> = p().map(|p| p.decline_code.as_deref()).collect();
-            let bins: Vec<Option<&str>> = p()
-                .map(|p| p.card.as_ref().map(|c| c.bin.as_str()))
-                .collect();
-            let last4s: Vec<Option<&str>> = p()
-                .map(|p| p.card.as_ref().map(|c| c.last4.as_str()))
-                .collect();
-            let captured: Vec<i64> = p().map(|p| p.captured_amount as i64).collect();
-            let refunded: Vec<i64> = p().map(|p| p.refunded_amount as i64).collect();
-            let reconciled: Vec<bool> = p().map(|p| p.reconciled).collect();
-            let created: Vec<i64> = p().map(|p| p.created_at_ms as i64).collect();
-            let updated: Vec<i64> = vec![now; ids.len()];
-            let records: Vec<&str> = rows.payments.iter().map(|r| r.record.as_str()).collect();
-            let in_doubt: Vec<bool> = p().map(|p| p.in_doubt()).collect();
-            transaction.execute(
-                &statements.payments,
-                &[
-                    &ids,
-                    &merchants,
-                    &amounts,
-                    &currencies,
-                    &methods,
-                    &countries,
-                    &statuses,
-                    &channels,
-                    &references,
-                    &declines,
-                    &bins,
-                    &last4s,
-                    &captured,
-                    &refunded,
-                    &reconciled,
-                    &created,
-                    &updated,
-                    &records,
-                    &in_doubt,
-                ],
-            )?;
-            write_attempts(&mut transaction, &statements.attempts, rows)?;
-        }
-        if !rows.events.is_empty() {
-            let at: Vec<i64> = rows.events.iter().map(|e| e.at_ms as i64).collect();
-            let kinds: Vec<&str> = rows.events.iter().map(|e| e.kind.as_str()).collect();
-            let channels: Vec<Option<&str>> =
-                rows.events.iter().map(|e| e.channel.as_deref()).collect();
-            let details: Vec<&str> = rows.events.iter().map(|e| e.detail.as_str()).collect();
-            transaction.execute(&statements.events, &[&at, &kinds, &channels, &details])?;
-        }
-        write_keys(&mut transaction, statements, rows)?;
+        // The sweep first, on its own: if the batch then fails it is retried whole, and a
+        // sweep done twice is harmless (events written twice would not be).
         let mut swept = 0;
         if let Some(before) = rows.sweep_before_ms {
             let before = before as i64;
-            swept = transaction.execute(&statements.sweep_keys, &[&before])? as usize;
+            swept = client.execute(&statements.sweep_keys, &[&before])? as usize;
             let expired = before - LEASE_RETENTION_MS;
-            transaction.execute(&statements.sweep_leases, &[&expired])?;
+            client.execute(&statements.sweep_leases, &[&expired])?;
         }
-        transaction.commit()?;
+        let payments = PaymentColumns::of(rows);
+        let attempts = AttemptColumns::of(rows);
+        let events = EventColumns::of(rows);
+        let keys = KeyColumns::of(rows);
+        let mut params = payments.params();
+        params.extend(attempts.params());
+        params.extend(events.params());
+        params.extend(keys.params());
+        client.query_one(&statements.batch, &params)?;
         Ok(swept)
     }
 }
 
-fn write_attempts(
-    transaction: &mut postgres::Transaction<'_>,
-    statement: &Statement,
-    rows: &Rows<'_>,
-) -> Result<(), DbError> {
-    let attempts: Vec<(&crate::store::Payment, usize, &crate::store::Attempt)> = rows
-        .payments
-        .iter()
-        .flat_map(|row| {
-            let p = &row.payment;
-            p.attempts.iter().enumerate().map(move |(i, a)| (p, i, a))
-        })
-        .collect();
-    if attempts.is_empty() {
-        return Ok(());
-    }
-    let a = || attempts.iter();
-    let ids: Vec<&str> = a().map(|(p, _, _)| p.id.as_str()).collect();
-    let numbers: Vec<i64> = a().map(|(_, i, _)| *i as i64 + 1).collect();
-    let merchants: Vec<&str> = a().map(|(p, _, _)| p.merchant.as_str()).collect();
-    let channels: Vec<&str> = a().map(|(_, _, at)| at.channel.as_str()).collect();
-    let outcomes: Vec<&str> = a().map(|(_, _, at)| at.outcome.as_str()).collect();
-    let declines: Vec<Option<&str>> = a().map(|(_, _, at)| at.decline_code.as_deref()).collect();
-    let latencies: Vec<i64> = a().map(|(_, _, at)| at.latency_ms as i64).collect();
-    let amounts: Vec<i64> = a().map(|(p, _, _)| p.amount as i64).collect();
-    let currencies: Vec<&str> = a().map(|(p, _, _)| p.currency.as_str()).collect();
-    let methods: Vec<&str> = a().map(|(p, _, _)| p.method.as_str()).collect();
-    let countries: Vec<Option<&str>> = a().map(|(p, _, _)| p.country.as_deref()).collect();
-    let failovers: Vec<bool> = a().map(|(_, i, _)| *i > 0).collect();
-    let at: Vec<i64> = a().map(|(_, _, at)| at.at_ms as i64).collect();
-    transaction.execute(
-        statement,
-        &[
-            &ids,
-            &numbers,
-            &merchants,
-            &channels,
-            &outcomes,
-            &declines,
-            &latencies,
-            &amounts,
-            &currencies,
-            &methods,
-            &countries,
-            &failovers,
-            &at,
-        ],
-    )?;
-    Ok(())
+type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
+
+struct PaymentColumns<'a> {
+    ids: Vec<&'a str>,
+    merchants: Vec<&'a str>,
+    amounts: Vec<i64>,
+    currencies: Vec<&'a str>,
+    methods: Vec<&'a str>,
+    countries: Vec<Option<&'a str>>,
+    statuses: Vec<&'static str>,
+    channels: Vec<Option<&'a str>>,
+    references: Vec<Option<&'a str>>,
+    declines: Vec<Option<&'a str>>,
+    bins: Vec<Option<&'a str>>,
+    last4s: Vec<Option<&'a str>>,
+    captured: Vec<i64>,
+    refunded: Vec<i64>,
+    reconciled: Vec<bool>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+    records: Vec<&'a str>,
+    in_doubt: Vec<bool>,
 }
 
-fn write_keys(
-    transaction: &mut postgres::Transaction<'_>,
-    statements: &Statements,
-    rows: &Rows<'_>,
-) -> Result<(), DbError> {
-    let freed: Vec<&str> = rows
-        .keys
-        .iter()
-        .filter(|(_, change)| change.is_none())
-        .map(|(scope, _)| scope.as_str())
-        .collect();
-    if !freed.is_empty() {
-        transaction.execute(&statements.free_keys, &[&freed])?;
-    }
-    let kept: Vec<(&str, &KeyRecord)> = rows
-        .keys
-        .iter()
-        .filter_map(|(scope, change)| change.map(|record| (scope.as_str(), record)))
-        .collect();
-    if kept.is_empty() {
-        return Ok(());
-    }
-    fn answer(record: &KeyRecord) -> Option<&StoredResponse> {
-        match &record.kept {
-            Kept::Answer(answer) => Some(answer),
-            Kept::Made(_) => None,
+impl<'a> PaymentColumns<'a> {
+    fn of(rows: &'a Rows<'_>) -> Self {
+        let now = crate::store::now_ms() as i64;
+        let p = || rows.payments.iter().map(|row| &row.payment);
+        Self {
+            ids: p().map(|p| p.id.as_str()).collect(),
+            merchants: p().map(|p| p.merchant.as_str()).collect(),
+            amounts: p().map(|p| p.amount as i64).collect(),
+            currencies: p().map(|p| p.currency.as_str()).collect(),
+            methods: p().map(|p| p.method.as_str()).collect(),
+            countries: p().map(|p| p.country.as_deref()).collect(),
+            statuses: p().map(|p| status_text(p.status)).collect(),
+            channels: p().map(|p| p.channel.as_deref()).collect(),
+            references: p().map(|p| p.psp_reference.as_deref()).collect(),
+            declines: p().map(|p| p.decline_code.as_deref()).collect(),
+            bins: p()
+                .map(|p| p.card.as_ref().map(|c| c.bin.as_str()))
+                .collect(),
+            last4s: p()
+                .map(|p| p.card.as_ref().map(|c| c.last4.as_str()))
+                .collect(),
+            captured: p().map(|p| p.captured_amount as i64).collect(),
+            refunded: p().map(|p| p.refunded_amount as i64).collect(),
+            reconciled: p().map(|p| p.reconciled).collect(),
+            created: p().map(|p| p.created_at_ms as i64).collect(),
+            updated: vec![now; rows.payments.len()],
+            records: rows.payments.iter().map(|r| r.record.as_str()).collect(),
+            in_doubt: p().map(|p| p.in_doubt()).collect(),
         }
     }
-    let scopes: Vec<&str> = kept.iter().map(|(scope, _)| *scope).collect();
-    let hashes: Vec<&[u8]> = kept.iter().map(|(_, r)| &r.request_hash[..]).collect();
-    let statuses: Vec<i32> = kept
-        .iter()
-        .map(|(_, r)| answer(r).map_or(0, |a| i32::from(a.status)))
-        .collect();
-    let bodies: Vec<&[u8]> = kept
-        .iter()
-        .map(|(_, r)| answer(r).map_or(&[][..], |a| &a.body[..]))
-        .collect();
-    let channels: Vec<Option<&str>> = kept
-        .iter()
-        .map(|(_, r)| answer(r).and_then(|a| a.channel.as_deref()))
-        .collect();
-    let expiries: Vec<i64> = kept.iter().map(|(_, r)| r.expires_at_ms as i64).collect();
-    let targets: Vec<Option<&str>> = kept
-        .iter()
-        .map(|(_, r)| match &r.kept {
-            Kept::Made(target) => Some(target.as_str()),
-            Kept::Answer(_) => None,
-        })
-        .collect();
-    transaction.execute(
-        &statements.keys,
-        &[
-            &scopes, &hashes, &statuses, &bodies, &channels, &expiries, &targets,
-        ],
-    )?;
-    Ok(())
+
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
+            &self.ids,
+            &self.merchants,
+            &self.amounts,
+            &self.currencies,
+            &self.methods,
+            &self.countries,
+            &self.statuses,
+            &self.channels,
+            &self.references,
+            &self.declines,
+            &self.bins,
+            &self.last4s,
+            &self.captured,
+            &self.refunded,
+            &self.reconciled,
+            &self.created,
+            &self.updated,
+            &self.records,
+            &self.in_doubt,
+        ]
+    }
+}
+
+/// Every attempt of the batch's payments (the journal keeps those it has already).
+struct AttemptColumns<'a> {
+    ids: Vec<&'a str>,
+    numbers: Vec<i64>,
+    merchants: Vec<&'a str>,
+    channels: Vec<&'a str>,
+    outcomes: Vec<&'static str>,
+    declines: Vec<Option<&'a str>>,
+    latencies: Vec<i64>,
+    amounts: Vec<i64>,
+    currencies: Vec<&'a str>,
+    methods: Vec<&'a str>,
+    countries: Vec<Option<&'a str>>,
+    failovers: Vec<bool>,
+    at: Vec<i64>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn of(rows: &'a Rows<'_>) -> Self {
+        let all: Vec<(&Payment, usize, &Attempt)> = rows
+            .payments
+            .iter()
+            .flat_map(|row| {
+                let p = &row.payment;
+                p.attempts.iter().enumerate().map(move |(i, a)| (p, i, a))
+            })
+            .collect();
+        let a = || all.iter();
+        Self {
+            ids: a().map(|(p, _, _)| p.id.as_str()).collect(),
+            numbers: a().map(|(_, i, _)| *i as i64 + 1).collect(),
+            merchants: a().map(|(p, _, _)| p.merchant.as_str()).collect(),
+            channels: a().map(|(_, _, at)| at.channel.as_str()).collect(),
+            outcomes: a().map(|(_, _, at)| at.outcome.as_str()).collect(),
+            declines: a().map(|(_, _, at)| at.decline_code.as_deref()).collect(),
+            latencies: a().map(|(_, _, at)| at.latency_ms as i64).collect(),
+            amounts: a().map(|(p, _, _)| p.amount as i64).collect(),
+            currencies: a().map(|(p, _, _)| p.currency.as_str()).collect(),
+            methods: a().map(|(p, _, _)| p.method.as_str()).collect(),
+            countries: a().map(|(p, _, _)| p.country.as_deref()).collect(),
+            failovers: a().map(|(_, i, _)| *i > 0).collect(),
+            at: a().map(|(_, _, at)| at.at_ms as i64).collect(),
+        }
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
+            &self.ids,
+            &self.numbers,
+            &self.merchants,
+            &self.channels,
+            &self.outcomes,
+            &self.declines,
+            &self.latencies,
+            &self.amounts,
+            &self.currencies,
+            &self.methods,
+            &self.countries,
+            &self.failovers,
+            &self.at,
+        ]
+    }
+}
+
+struct EventColumns<'a> {
+    at: Vec<i64>,
+    kinds: Vec<&'a str>,
+    channels: Vec<Option<&'a str>>,
+    details: Vec<&'a str>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(rows: &'a Rows<'_>) -> Self {
+        let e = || rows.events.iter();
+        Self {
+            at: e().map(|e| e.at_ms as i64).collect(),
+            kinds: e().map(|e| e.kind.as_str()).collect(),
+            channels: e().map(|e| e.channel.as_deref()).collect(),
+            details: e().map(|e| e.detail.as_str()).collect(),
+        }
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![&self.at, &self.kinds, &self.channels, &self.details]
+    }
+}
+
+/// The keys kept (a record each) and the keys freed.
+struct KeyColumns<'a> {
+    scopes: Vec<&'a str>,
+    hashes: Vec<&'a [u8]>,
+    statuses: Vec<i32>,
+    bodies: Vec<&'a [u8]>,
+    channels: Vec<Option<&'a str>>,
+    expiries: Vec<i64>,
+    targets: Vec<Option<&'a str>>,
+    freed: Vec<&'a str>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn of(rows: &'a Rows<'_>) -> Self {
+        let kept: Vec<(&str, &KeyRecord)> = rows
+            .keys
+            .iter()
+            .filter_map(|(scope, change)| change.map(|record| (scope.as_str(), record)))
+            .collect();
+        let answer = |record: &'a KeyRecord| match &record.kept {
+            Kept::Answer(answer) => Some(answer),
+            Kept::Made(_) => None,
+        };
+        let k = || kept.iter();
+        Self {
+            scopes: k().map(|(scope, _)| *scope).collect(),
+            hashes: k().map(|(_, r)| &r.request_hash[..]).collect(),
+            statuses: k()
+                .map(|(_, r)| answer(r).map_or(0, |a| i32::from(a.status)))
+                .collect(),
+            bodies: k()
+                .map(|(_, r)| answer(r).map_or(&[][..], |a| &a.body[..]))
+                .collect(),
+            channels: k()
+                .map(|(_, r)| answer(r).and_then(|a| a.channel.as_deref()))
+                .collect(),
+            expiries: k().map(|(_, r)| r.expires_at_ms as i64).collect(),
+            targets: k()
+                .map(|(_, r)| match &r.kept {
+                    Kept::Made(target) => Some(target.as_str()),
+                    Kept::Answer(_) => None,
+                })
+                .collect(),
+            freed: rows
+                .keys
+                .iter()
+                .filter(|(_, change)| change.is_none())
+                .map(|(scope, _)| scope.as_str())
+                .collect(),
+        }
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
+            &self.scopes,
+            &self.hashes,
+            &self.statuses,
+            &self.bodies,
+            &self.channels,
+            &self.expiries,
+            &self.targets,
+            &self.freed,
+        ]
+    }
 }
 
 /// A read, run on a reader's thread with its connection (None while it cannot connect).
