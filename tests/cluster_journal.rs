@@ -569,6 +569,22 @@ async fn postgres_lost_mid_run_refuses_new_payments_unsent_and_service_resumes_w
         ready.json
     );
     assert_eq!(ready.json["status"], "journal_unavailable");
+    // A payment the journal cannot read now is never "not found": 503, retry.
+    let first_id = first.json["id"].as_str().expect("id");
+    let unreadable = get_payment(&gateway, KEY, first_id).await;
+    assert_eq!(
+        unreadable.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        unreadable.json
+    );
+    let capture = follow_up(&gateway, first_id, "capture", "{}").await;
+    assert_eq!(
+        capture.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        capture.json
+    );
     let sent_while_down = sim.stats().await["payments"].as_u64().unwrap_or(0);
 
     proxy.restore();
@@ -597,6 +613,12 @@ async fn postgres_lost_mid_run_refuses_new_payments_unsent_and_service_resumes_w
     );
     let durable = get_payment(&gateway, KEY, resumed.json["id"].as_str().unwrap()).await;
     assert_eq!(durable.status, StatusCode::OK);
+    let first_again = get_payment(&gateway, KEY, first_id).await;
+    assert_eq!(first_again.json["status"], "succeeded");
+    assert_eq!(
+        first_again.json["captured_amount"], 0,
+        "the refused capture was never sent"
+    );
     assert_eq!(
         count(
             &schema.0,

@@ -59,6 +59,10 @@ pub async fn follow_up(
             .map_or(std::time::Duration::MAX, |c| c.timeout);
         super::in_doubt_until(scope, timeout)
     };
+    // A payment the journal cannot read now is not "no payment": 503, nothing sent.
+    store.find(id).map_err(|error| {
+        ApiError::Overloaded(format!("{error}; nothing was sent, retry shortly"))
+    })?;
     let mut reserved = Err(ApiError::NotFound(format!("no payment {id}")));
     store.update(id, &mut |payment| {
         reserved = if *payment.merchant == *scope.merchant {

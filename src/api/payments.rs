@@ -377,7 +377,8 @@ pub fn get(scope: &Scope, id: &str) -> Result<HttpResponse, ApiError> {
     let payment = scope
         .gateway
         .store
-        .get(id)
+        .find(id)
+        .map_err(|error| ApiError::Overloaded(format!("{error}; retry shortly")))?
         .filter(|p| *p.merchant == *scope.merchant)
         .ok_or_else(|| ApiError::NotFound(format!("no payment {id}")))?;
     Ok(respond(

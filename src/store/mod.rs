@@ -241,6 +241,12 @@ pub trait PaymentStore: Send + Sync + 'static {
     /// keep it.
     fn insert(&self, payment: Payment) -> Result<(), StoreError>;
     fn get(&self, id: &str) -> Option<Payment>;
+    /// As `get`, telling "no such payment" from "the store cannot read it now" (a journal
+    /// database that does not answer): a merchant must never be told a payment it made does
+    /// not exist.
+    fn find(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        Ok(self.get(id))
+    }
     /// Applies `change` to the stored payment atomically with respect to other updates of the
     /// same payment; false when the payment is unknown.
     fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool;

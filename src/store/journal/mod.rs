@@ -247,6 +247,18 @@ impl PaymentStore for JournalStore {
         self.memory.get(id).or_else(|| self.load(id))
     }
 
+    fn find(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        self.forget_if_stale(id);
+        if let Some(payment) = self.memory.get(id) {
+            return Ok(Some(payment));
+        }
+        let record = self.reader.record(id).map_err(|error| {
+            tracing::error!(payment = id, %error, "cannot read the payment from the journal");
+            StoreError::Unavailable(format!("cannot be read now ({error})"))
+        })?;
+        Ok(record.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
     fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool {
         self.forget_if_stale(id);
         // The writer may let the payment go from memory at any moment once its state is
