@@ -1,8 +1,10 @@
 //! Cluster mode's Redis round trips, against the machine's Redis on 127.0.0.1:6379, beside
 //! the single-node limiter they replace: the shared gateway + merchant rate limit (one GCRA
-//! script), and an idempotency claim with its release. A payment in cluster mode makes one
-//! round trip (rate limits), two with a new `Idempotency-Key` (plus the claim), three when
-//! the key is freed again (surely failed).
+//! script), a channel's shared rate (the same script on one bucket, once per attempt on a
+//! channel with `rate_limit`), and an idempotency claim with its release. A payment in
+//! cluster mode makes one round trip (rate limits), two with a new `Idempotency-Key` (plus
+//! the claim), three when the key is freed again (surely failed), plus one per attempt on a
+//! rate-limited channel.
 //!
 //! Run: `cargo bench --bench cluster` (Redis must be up).
 
@@ -44,6 +46,14 @@ fn cluster(c: &mut Criterion) {
     group.bench_function("cluster_redis_gcra", |b| {
         b.to_async(&runtime)
             .iter(|| async { black_box(cluster.admit(quota, "demo", quota).await) })
+    });
+    let channel_quota = RateLimit {
+        per_second: 1_000_000,
+        burst: 1_000_000,
+    };
+    group.bench_function("cluster_redis_channel_gcra", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(cluster.admit_channel("psp_a", channel_quota).await) })
     });
     group.finish();
     let mut n = 0u64;

@@ -1,6 +1,7 @@
 //! The audit trail of operator actions: every reload (accepted or rejected, with the version
-//! and a summary of what changed), drain and enable. Each entry is logged as a structured
-//! event (target `audit`) and kept in a bounded in-memory list for `GET /admin/audit`.
+//! and a summary of what changed), drain and enable (in cluster mode also those made on
+//! another replica). Each entry is logged as a structured event (target `audit`) and kept in
+//! a bounded in-memory list for `GET /admin/audit`.
 //!
 //! Only the admin path writes here; the lock it takes is never on the payment path.
 
@@ -17,7 +18,8 @@ pub struct Entry {
     pub at_unix_ms: u64,
     /// `reload`, `drain` or `enable`.
     pub action: &'static str,
-    /// What triggered it: `admin`, `sighup`, `file` or `start`.
+    /// What triggered it: `admin`, `sighup`, `file`, `start`, or `peer` (a drain or enable
+    /// made on another replica, in cluster mode).
     pub trigger: &'static str,
     /// `ok` or `rejected`.
     pub result: &'static str,

@@ -1,7 +1,7 @@
 //! The gateway's shared state: the active config snapshot with the channel clients, live
 //! scores and metric handles built for it; the state that outlives snapshots (router, limits,
-//! risk, stores, metrics, audit); and the operator actions that change it: reload, drain,
-//! enable.
+//! risk, stores, metrics, audit, switches); and the operator actions that change it: reload,
+//! drain, enable (the last two through `switches`, which also shares them in cluster mode).
 //!
 //! A snapshot is held in an arc-swap: a request reads one consistent config from start to
 //! end, and a reload swaps the whole snapshot at once, so requests in flight finish on the
@@ -23,6 +23,7 @@ use crate::risk::RiskState;
 use crate::routing::{ChannelScore, Clock, Router};
 use crate::store::idempotency::IdempotencyStore;
 use crate::store::{PaymentStore, now_ms};
+use crate::switches::{Switched, Switches};
 use crate::upstream::{UpstreamError, Upstreams};
 
 /// Everything a request needs from one config generation.
@@ -62,6 +63,9 @@ pub struct Gateway {
     reloading: Mutex<()>,
     /// Cluster mode: the state replicas share (Redis); None on a single node.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The versions of shared drains and enables applied here, and the switches made here
+    /// that Redis has not taken yet.
+    pub switches: Switches,
 }
 
 /// Why a reload was refused; the old config keeps serving.
@@ -112,10 +116,12 @@ impl Gateway {
             simulators,
             reloading: Mutex::new(()),
             cluster: None,
+            switches: Switches::new(),
         })
     }
 
-    /// Shares the rate limits with the other replicas through `cluster`.
+    /// Shares rate limits, idempotency claims, channel limits and switches with the other
+    /// replicas through `cluster`.
     pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
         self.cluster = Some(Arc::new(cluster));
         self
@@ -185,29 +191,14 @@ impl Gateway {
     }
 
     /// The emergency switch: a drained channel gets no new payment from the next request on
-    /// (follow-ups of its payments still go to it); `enable` undoes it.
-    pub fn set_drained(&self, channel: &str, drained: bool) -> Result<(), UnknownChannel> {
-        let snapshot = self.snapshot();
-        let id = snapshot
-            .config
-            .channel_by_name(channel)
-            .map(|c| c.id)
-            .ok_or_else(|| UnknownChannel(channel.to_string()))?;
-        snapshot.scores[id].set_drained(drained);
-        self.store.event(
-            if drained { "drain" } else { "enable" },
-            Some(channel),
-            "admin",
-        );
-        self.audit.record(Entry {
-            at_unix_ms: now_ms(),
-            action: if drained { "drain" } else { "enable" },
-            trigger: "admin",
-            result: "ok",
-            version: snapshot.config.version.clone(),
-            details: vec![format!("channel {channel}")],
-        });
-        Ok(())
+    /// (follow-ups of its payments still go to it); `enable` undoes it. Applied here at
+    /// once; in cluster mode shared with every replica too (see `switches`).
+    pub async fn set_drained(
+        &self,
+        channel: &str,
+        drained: bool,
+    ) -> Result<Switched, UnknownChannel> {
+        crate::switches::switch(self, channel, drained).await
     }
 }
 

@@ -6,14 +6,17 @@
 //! asks `routing::decide` for the rule and the order of its channels, calls them through
 //! `upstream` (failing over only when a channel surely did not charge), and keeps the payment
 //! and its attempts in `store` (the SQLite journal). `config` loads and checks routes.toml
-//! into an immutable snapshot held by `gateway`, which also reloads it, drains channels and
-//! writes the `audit` trail; `metrics` exports it all; `reconcile` settles pending payments;
-//! `psp_events` checks and parses the webhooks PSPs send; `server` owns the listeners. `sim`
-//! is the PSP simulator, `simulate` replays routing on a virtual clock, and `report` writes
-//! the daily operations report from the journal.
+//! into an immutable snapshot held by `gateway`, which also reloads it, drains channels
+//! (`switches`, shared by every replica in cluster mode) and writes the `audit` trail;
+//! `channel_limits` admits each call to a channel (its in-flight cap and contracted rate);
+//! `cluster` is what replicas share through Redis; `metrics` exports it all; `reconcile`
+//! settles pending payments; `psp_events` checks and parses the webhooks PSPs send; `server`
+//! owns the listeners. `sim` is the PSP simulator, `simulate` replays routing on a virtual
+//! clock, and `report` writes the daily operations report from the journal.
 
 pub mod api;
 pub mod audit;
+pub mod channel_limits;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
@@ -30,5 +33,6 @@ pub mod server;
 pub mod sim;
 pub mod simulate;
 pub mod store;
+pub mod switches;
 pub mod tls;
 pub mod upstream;

@@ -69,6 +69,15 @@ struct ChannelGate {
     in_flight: AtomicUsize,
 }
 
+impl ChannelGate {
+    fn check_rate(&self) -> Result<(), Skip> {
+        match &self.limiter {
+            Some(limiter) if limiter.check().is_err() => Err(Skip::RateLimited),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Limits {
     /// Merchants by id, and the gateway-wide limiter under [`GLOBAL`].
@@ -112,21 +121,29 @@ impl Limits {
         limiter.check()
     }
 
-    /// Admits one call to `channel`, or says why it must be skipped.
+    /// Admits one call to `channel`, or says why it must be skipped: its in-flight cap, then
+    /// this replica's bucket of its rate.
     pub fn admit_channel(&self, channel: &Channel) -> Result<InFlight, Skip> {
+        let guard = self.hold_channel(channel)?;
+        // Checked after the in-flight cap, so a busy channel does not spend its rate tokens.
+        guard.gate.check_rate()?;
+        Ok(guard)
+    }
+
+    /// Counts one call against `channel`'s in-flight cap, or says it is busy.
+    pub fn hold_channel(&self, channel: &Channel) -> Result<InFlight, Skip> {
         let gate = self.gate(channel);
         let now = gate.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let guard = InFlight { gate };
         if channel.max_in_flight.is_some_and(|max| now > max) {
             return Err(Skip::Busy);
         }
-        // Checked after the in-flight cap, so a busy channel does not spend its rate tokens.
-        if let Some(limiter) = &guard.gate.limiter
-            && limiter.check().is_err()
-        {
-            return Err(Skip::RateLimited);
-        }
         Ok(guard)
+    }
+
+    /// Takes one call from this replica's bucket of `channel`'s rate (none: always allowed).
+    pub fn check_channel_rate(&self, channel: &Channel) -> Result<(), Skip> {
+        self.gate(channel).check_rate()
     }
 
     fn gate(&self, channel: &Channel) -> Arc<ChannelGate> {

@@ -67,6 +67,15 @@ pub enum LimitScope {
     Global = 2,
 }
 
+/// Origins of `paygate_cluster_switches_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum SwitchOrigin {
+    /// Made by an operator on this replica.
+    Local = 0,
+    /// Made on another replica, received through the shared record.
+    Peer = 1,
+}
+
 pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
@@ -88,6 +97,7 @@ pub struct Metrics {
     reconciliations: IntCounterVec,
     psp_webhook_events: IntCounterVec,
     cluster_errors: IntCounterVec,
+    cluster_switches: [IntCounter; 2],
     pub idempotency_keys: IntGauge,
     open_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
@@ -351,6 +361,18 @@ impl Metrics {
                 "Calls to the cluster's shared store (Redis) that failed or timed out, by the feature that made them; each was handled by that feature's fail_open / fail_closed policy.",
                 &["feature"],
             ),
+            cluster_switches: {
+                let switches = counter_vec(
+                    r,
+                    "paygate_cluster_switches_total",
+                    "Drains and enables applied on this replica in cluster mode, by origin: local (an operator called this replica) or peer (another replica's switch, received through Redis, that changed the channel here).",
+                    &["origin"],
+                );
+                [
+                    switches.with_label_values(&["local"]),
+                    switches.with_label_values(&["peer"]),
+                ]
+            },
             psp_webhook_events: counter_vec(
                 r,
                 "paygate_psp_webhook_events_total",
@@ -450,6 +472,11 @@ impl Metrics {
     /// A call to the cluster's shared store that failed or timed out.
     pub fn cluster_error(&self, feature: &str) {
         self.cluster_errors.with_label_values(&[feature]).inc();
+    }
+
+    /// A drain or enable applied here in cluster mode.
+    pub fn switch_applied(&self, origin: SwitchOrigin) {
+        self.cluster_switches[origin as usize].inc();
     }
 
     /// The events of one verified PSP webhook.
@@ -591,6 +618,7 @@ mod tests {
         metrics.inflight.set(0);
         metrics.reload(true);
         metrics.config_version("abc");
+        metrics.switch_applied(SwitchOrigin::Peer);
         let text = String::from_utf8(metrics.encode()).unwrap();
         for name in [
             "paygate_http_requests_total{route=\"/v1/payments\",status=\"201\"} 1",
@@ -612,6 +640,8 @@ mod tests {
             "paygate_config_info{version=\"abc\"} 1",
             "paygate_open_connections{listener=\"merchant\"} 0",
             "paygate_connections_refused_total{listener=\"admin\"} 0",
+            "paygate_cluster_switches_total{origin=\"local\"} 0",
+            "paygate_cluster_switches_total{origin=\"peer\"} 1",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

@@ -1,7 +1,8 @@
-//! Cluster mode through the real binary: replicas share the merchant and gateway rate limits
-//! through a real Redis on 127.0.0.1 (each test under its own key prefix), and while Redis is
-//! gone the configured policy holds (`fail_open`: payments go on, counted; `fail_closed`:
-//! 503), then service resumes when Redis is back, without a restart.
+//! Cluster mode through the real binary: replicas share the merchant and gateway rate limits,
+//! idempotency keys, channel limits and drains through a real Redis on 127.0.0.1 (each test
+//! under its own key prefix), and while Redis is gone the configured policy holds
+//! (`fail_open`: payments go on, counted; `fail_closed`: 503 or the channel skipped), then
+//! service resumes when Redis is back, without a restart.
 
 mod support;
 
@@ -349,4 +350,368 @@ async fn a_key_whose_payment_surely_failed_is_free_again_on_every_replica() {
         again.json["error"]["payment_id"],
         failed.json["error"]["payment_id"]
     );
+}
+
+const ADMIN_TOKEN: &str = "cluster-admin-token";
+
+/// A routes file with two channels tried in priority order, `a` (with `a_extra` on its
+/// table) then `b`, and `[cluster]` on `redis` under `prefix`. No merchant or gateway limit,
+/// so that a payment needs Redis only for what the test looks at.
+fn two_channels(
+    redis: &str,
+    prefix: &str,
+    policy: &str,
+    a_extra: &str,
+    a: &Process,
+    b: &Process,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+watch_routes = false
+
+[cluster]
+redis_url = "redis://{redis}"
+key_prefix = "{prefix}"
+timeout_ms = 200
+rate_limits = "{policy}"
+
+[[merchants]]
+id = "demo"
+api_key_sha256 = "{KEY_SHA256}"
+{}{}
+[[rules]]
+name = "all"
+channels = ["a", "b"]
+strategy = "priority"
+"#,
+        channel("a", a, a_extra),
+        channel("b", b, "")
+    )
+}
+
+async fn replica(routes: &str) -> Process {
+    Process::gateway_with_env(routes, &[("PAYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]).await
+}
+
+async fn admin(gateway: &Process, method: http::Method, path: &str) -> Answer {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    send(
+        method,
+        &format!("{}{path}", gateway.admin),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+}
+
+/// The channel that took one new payment on `gateway` (its `X-Paygate-Channel`).
+async fn routed_to(gateway: &Process) -> String {
+    let answer = pay(gateway, &card_payment(100, "EUR")).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let channel = answer.header("x-paygate-channel").to_string();
+    assert_eq!(answer.json["channel"], channel.as_str());
+    channel
+}
+
+/// Pays on `gateway` until a payment goes to `channel`, for at most `within`; how long it
+/// took from `since`.
+async fn until_routed_to(
+    gateway: &Process,
+    channel: &str,
+    since: Instant,
+    within: Duration,
+) -> Duration {
+    for _ in 0..10_000 {
+        if routed_to(gateway).await == channel {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "no payment went to {channel} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no payment went to {channel} in 10,000 tries");
+}
+
+/// The state `GET /admin/channels` shows for `channel`.
+async fn state_of(gateway: &Process, channel: &str) -> String {
+    let listing = admin(gateway, http::Method::GET, "/admin/channels").await;
+    assert_eq!(listing.status, StatusCode::OK);
+    listing.json["channels"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == channel))
+        .and_then(|c| c["state"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+async fn processed(sim: &Process) -> u64 {
+    sim.stats().await["payments"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_drain_on_one_replica_stops_traffic_on_the_other_within_a_second() {
+    require_redis();
+    let sim_a = Process::mock_psp(&["--name", "a"]).await;
+    let sim_b = Process::mock_psp(&["--name", "b"]).await;
+    let text = two_channels(REDIS, &prefix(), "fail_open", "", &sim_a, &sim_b);
+    let one = replica(&text).await;
+    let other = replica(&text).await;
+    assert_eq!(routed_to(&other).await, "a");
+
+    let asked = Instant::now();
+    let drained = admin(&one, http::Method::POST, "/admin/channels/a/drain").await;
+    assert_eq!(drained.status, StatusCode::OK);
+    assert_eq!(
+        drained.json,
+        serde_json::json!({"channel": "a", "state": "drained", "shared": true})
+    );
+    let took = until_routed_to(&other, "b", asked, Duration::from_secs(1)).await;
+    eprintln!("drain reached the other replica's routing within {took:?}");
+    // From then on the drained channel gets nothing from the other replica.
+    let before = processed(&sim_a).await;
+    for _ in 0..5 {
+        assert_eq!(routed_to(&other).await, "b");
+    }
+    assert_eq!(processed(&sim_a).await, before);
+    assert_eq!(state_of(&other, "a").await, "drained");
+    assert_eq!(
+        other
+            .metric("paygate_cluster_switches_total{origin=\"peer\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        one.metric("paygate_cluster_switches_total{origin=\"local\"}")
+            .await,
+        1.0
+    );
+    let audit = admin(&other, http::Method::GET, "/admin/audit").await;
+    let entry = &audit.json["entries"][0];
+    assert_eq!(
+        (&entry["action"], &entry["trigger"]),
+        (&serde_json::json!("drain"), &serde_json::json!("peer"))
+    );
+
+    // A reload of the routes file does not undo the shared drain.
+    let edited = text.replace(
+        "strategy = \"priority\"",
+        "strategy = \"priority\"\n# edited",
+    );
+    std::fs::write(&other.routes, edited).expect("rewrite the routes file");
+    let reloaded = admin(&other, http::Method::POST, "/admin/reload").await;
+    assert_eq!(reloaded.json["result"], "ok", "{}", reloaded.json);
+    assert_eq!(state_of(&other, "a").await, "drained");
+    assert_eq!(routed_to(&other).await, "b");
+
+    // Enabled on the other replica: the first one routes to a again within a second.
+    let asked = Instant::now();
+    let enabled = admin(&other, http::Method::POST, "/admin/channels/a/enable").await;
+    assert_eq!(
+        enabled.json,
+        serde_json::json!({"channel": "a", "state": "enabled", "shared": true})
+    );
+    let took = until_routed_to(&one, "a", asked, Duration::from_secs(1)).await;
+    eprintln!("enable reached the first replica's routing within {took:?}");
+    assert_eq!(state_of(&one, "a").await, "healthy");
+    assert_eq!(
+        one.metric("paygate_cluster_switches_total{origin=\"peer\"}")
+            .await,
+        1.0
+    );
+    // The subscriptions stayed up the whole time (their pings answered).
+    let errors = "paygate_cluster_errors_total{feature=\"switches\"}";
+    assert_eq!(one.metric(errors).await + other.metric(errors).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_replica_started_after_a_drain_comes_up_with_it_drained() {
+    require_redis();
+    let sim_a = Process::mock_psp(&["--name", "a"]).await;
+    let sim_b = Process::mock_psp(&["--name", "b"]).await;
+    let text = two_channels(REDIS, &prefix(), "fail_open", "", &sim_a, &sim_b);
+    let first = replica(&text).await;
+    let drained = admin(&first, http::Method::POST, "/admin/channels/a/drain").await;
+    assert_eq!(drained.json["shared"], true, "{}", drained.json);
+
+    let later = replica(&text).await;
+    // Its very first answers already hold the drain: it read the record before listening.
+    assert_eq!(state_of(&later, "a").await, "drained");
+    for _ in 0..3 {
+        assert_eq!(routed_to(&later).await, "b");
+    }
+    assert_eq!(processed(&sim_a).await, 0);
+    assert_eq!(
+        later
+            .metric("paygate_cluster_switches_total{origin=\"peer\"}")
+            .await,
+        1.0
+    );
+    // A switch the record holds as enabled is not a drain: another channel stays healthy.
+    assert_eq!(state_of(&later, "b").await, "healthy");
+}
+
+#[tokio::test]
+async fn a_drain_while_redis_is_down_applies_at_once_and_reaches_the_other_replica_once_redis_is_back()
+ {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let addr = format!("127.0.0.1:{port}");
+    let sim_a = Process::mock_psp(&["--name", "a"]).await;
+    let sim_b = Process::mock_psp(&["--name", "b"]).await;
+    let text = two_channels(&addr, &prefix(), "fail_open", "", &sim_a, &sim_b);
+    let one = replica(&text).await;
+    let other = replica(&text).await;
+    assert_eq!(routed_to(&one).await, "a");
+    assert_eq!(routed_to(&other).await, "a");
+
+    redis.stop();
+    let drained = admin(&one, http::Method::POST, "/admin/channels/a/drain").await;
+    assert_eq!(drained.status, StatusCode::OK);
+    assert_eq!(
+        drained.json,
+        serde_json::json!({"channel": "a", "state": "drained", "shared": false})
+    );
+    // Applied here at once, counted as a failed shared call; the other replica cannot know.
+    assert_eq!(routed_to(&one).await, "b");
+    assert!(
+        one.metric("paygate_cluster_errors_total{feature=\"switches\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(routed_to(&other).await, "a");
+    assert_eq!(state_of(&other, "a").await, "healthy");
+
+    // Redis back, empty: the pending drain is pushed and the other replica applies it.
+    let _redis = OwnRedis::start(port);
+    let back = Instant::now();
+    let took = until_routed_to(&other, "b", back, Duration::from_secs(10)).await;
+    eprintln!("the pending drain reached the other replica {took:?} after Redis was back");
+    let before = processed(&sim_a).await;
+    for _ in 0..3 {
+        assert_eq!(routed_to(&other).await, "b");
+        assert_eq!(routed_to(&one).await, "b");
+    }
+    assert_eq!(processed(&sim_a).await, before);
+    assert_eq!(state_of(&other, "a").await, "drained");
+    assert_eq!(
+        other
+            .metric("paygate_cluster_switches_total{origin=\"peer\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        one.metric("paygate_cluster_switches_total{origin=\"local\"}")
+            .await,
+        1.0
+    );
+    // And the record holds it: enabling on the other replica now is shared at once.
+    let enabled = admin(&other, http::Method::POST, "/admin/channels/a/enable").await;
+    assert_eq!(enabled.json["shared"], true, "{}", enabled.json);
+    until_routed_to(&one, "a", Instant::now(), Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_channel_limit_holds_across_two_replicas() {
+    require_redis();
+    let sim_a = Process::mock_psp(&["--name", "a"]).await;
+    let sim_b = Process::mock_psp(&["--name", "b"]).await;
+    let limit = "rate_limit = { per_second = 1, burst = 5 }";
+    let text = two_channels(REDIS, &prefix(), "fail_open", limit, &sim_a, &sim_b);
+    let one = replica(&text).await;
+    let other = replica(&text).await;
+    let started = Instant::now();
+    let mut on_a = [0u64; 2];
+    let mut order = Vec::new();
+    for i in 0..20 {
+        let gateway = if i % 2 == 0 { &one } else { &other };
+        let channel = routed_to(gateway).await;
+        if channel == "a" {
+            on_a[i % 2] += 1;
+        }
+        order.push(channel);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = on_a[0] + on_a[1];
+    // The burst first, from both replicas, then what the rate refilled while the run lasted;
+    // two buckets of 5 would have let at least 10 through.
+    assert!(
+        order[..5].iter().all(|c| c == "a"),
+        "the burst goes to a: {order:?}"
+    );
+    assert!(on_a[0] > 0 && on_a[1] > 0, "{on_a:?}");
+    let allowed = 5 + elapsed.ceil() as u64;
+    assert!(
+        (5..=allowed).contains(&total) && total < 10,
+        "{total} payments on a in {elapsed:.2} s: {order:?}"
+    );
+    assert_eq!(processed(&sim_a).await, total);
+    assert_eq!(processed(&sim_b).await, 20 - total);
+    let skipped = one
+        .metric("paygate_rate_limited_total{scope=\"channel\"}")
+        .await
+        + other
+            .metric("paygate_rate_limited_total{scope=\"channel\"}")
+            .await;
+    assert_eq!(skipped, (20 - total) as f64);
+}
+
+#[tokio::test]
+async fn without_redis_a_channel_limit_falls_back_to_the_replica_s_bucket_or_skips_the_channel() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let addr = format!("127.0.0.1:{port}");
+    let sim_a = Process::mock_psp(&["--name", "a"]).await;
+    let sim_b = Process::mock_psp(&["--name", "b"]).await;
+    let limit = "rate_limit = { per_second = 1, burst = 2 }";
+    let open = replica(&two_channels(
+        &addr,
+        &prefix(),
+        "fail_open",
+        limit,
+        &sim_a,
+        &sim_b,
+    ))
+    .await;
+    let closed = replica(&two_channels(
+        &addr,
+        &prefix(),
+        "fail_closed",
+        limit,
+        &sim_a,
+        &sim_b,
+    ))
+    .await;
+    redis.stop();
+
+    // fail_open: this replica's own bucket of 2, then the next channel.
+    let mut routed = Vec::new();
+    for _ in 0..4 {
+        routed.push(routed_to(&open).await);
+    }
+    assert_eq!(routed, ["a", "a", "b", "b"]);
+    // fail_closed: the limited channel is treated as at its limit.
+    let mut routed = Vec::new();
+    for _ in 0..3 {
+        routed.push(routed_to(&closed).await);
+    }
+    assert_eq!(routed, ["b", "b", "b"]);
+    assert_eq!(processed(&sim_a).await, 2);
+    assert_eq!(processed(&sim_b).await, 5);
+    let errors = "paygate_cluster_errors_total{feature=\"channel_limits\"}";
+    assert_eq!(open.metric(errors).await, 4.0);
+    assert_eq!(closed.metric(errors).await, 3.0);
+    let skipped = "paygate_rate_limited_total{scope=\"channel\"}";
+    assert_eq!(open.metric(skipped).await, 2.0);
+    assert_eq!(closed.metric(skipped).await, 3.0);
 }

@@ -74,7 +74,7 @@ where
     let result = match (request.method().clone(), segments.as_slice()) {
         (Method::GET, ["admin", "channels"]) => Ok(channels(gateway)),
         (Method::POST, ["admin", "channels", name, action @ ("drain" | "enable")]) => {
-            switch(gateway, name, *action == "drain")
+            switch(gateway, name, *action == "drain").await
         }
         (Method::GET, ["admin", "config"]) => Ok(config(gateway)),
         (Method::GET, ["admin", "audit"]) => Ok(json_response(
@@ -135,17 +135,21 @@ fn channels(gateway: &Gateway) -> HttpResponse {
     json_response(StatusCode::OK, &json!({ "channels": views }))
 }
 
-/// Drain or enable a channel: from the next request on.
-fn switch(gateway: &Gateway, name: &str, drain: bool) -> Result<HttpResponse, ApiError> {
-    gateway
+/// Drain or enable a channel: from the next request on, on this replica at once. In cluster
+/// mode the answer adds `shared`: whether every replica has it too (false: Redis did not
+/// answer; it is pushed when Redis is back).
+async fn switch(gateway: &Gateway, name: &str, drain: bool) -> Result<HttpResponse, ApiError> {
+    let switched = gateway
         .set_drained(name, drain)
+        .await
         // The name comes from the request path: not quoted back.
         .map_err(|_| ApiError::NotFound("no channel of that name".into()))?;
     let state = if drain { "drained" } else { "enabled" };
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "channel": name, "state": state }),
-    ))
+    let mut body = json!({ "channel": name, "state": state });
+    if let Some(shared) = switched.shared {
+        body["shared"] = json!(shared);
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// Reloads the routes file; a bad file is refused with `paygate check`'s messages (422) and

@@ -104,7 +104,7 @@ pub async fn create(scope: &Scope, body: &Bytes) -> Result<HttpResponse, ApiErro
             continue;
         };
         // A channel at its contracted rate or in-flight cap is passed over, not failed.
-        let _in_flight = match scope.gateway.limits.admit_channel(channel) {
+        let _in_flight = match crate::channel_limits::admit(&scope.gateway, channel).await {
             Ok(guard) => guard,
             Err(reason) => {
                 tracing::debug!(request_id = %scope.request_id, channel = %channel.name, ?reason, "channel skipped");

@@ -180,6 +180,19 @@ impl Router {
             .collect()
     }
 
+    /// The live score of the channel called `name`, made fresh when no config has had it yet
+    /// (a switch shared by another replica may name a channel this one's config adds later:
+    /// the channel then starts with that switch).
+    pub fn score(&self, name: &str) -> Arc<ChannelScore> {
+        if let Some(score) = self.scores.get(name) {
+            return score.clone();
+        }
+        self.scores
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(ChannelScore::with_traffic(self.traffic.clone())))
+            .clone()
+    }
+
     /// Success-rate ejection, run about once a second: a channel with enough calls whose
     /// availability (share of calls without a fault) is under the configured floor, or far
     /// below the best of its peers, is ejected. Envoy's mean - 1.9 sigma rule needs 5 hosts

@@ -86,10 +86,15 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
     };
     let mut gateway = Gateway::new(config, simulators, journal.clone(), journal)?;
     if let Some(cluster) = cluster {
-        tracing::info!("cluster mode: rate limits shared through Redis");
+        tracing::info!(
+            replica = cluster.replica(),
+            "cluster mode: rate limits, idempotency keys, channel limits and drains shared through Redis"
+        );
         gateway = gateway.with_cluster(cluster);
     }
     let gateway = Arc::new(gateway);
+    // Before listening: a replica starts with the drains the others hold.
+    let following = crate::switches::start(&gateway).await;
     let merchant = bind(server.listen).await?;
     let admin = bind(server.admin_listen).await?;
     let watching = watch_routes(&gateway);
@@ -162,6 +167,7 @@ pub async fn serve(path: &Path) -> Result<(), ServeError> {
         tokio::spawn(crate::reconcile::reconcile_forever(gateway.clone())),
     ];
     background.extend(watching.map(tokio::spawn));
+    background.extend(following.map(tokio::spawn));
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     ready.store(false, Ordering::SeqCst);

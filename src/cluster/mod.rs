@@ -4,12 +4,18 @@
 //!   matter;
 //! - the claim on each `Idempotency-Key` (one round trip when a key is new to a replica):
 //!   the first replica to claim a key processes it, and the same key on another replica is
-//!   refused, never sent to a PSP a second time.
+//!   refused, never sent to a PSP a second time;
+//! - each channel's contracted rate (`[[channels]] rate_limit`), as the same GCRA script on
+//!   one bucket per channel (one round trip per attempt on a limited channel);
+//! - the record of drains and enables, and its publication to every replica (`switches`).
 //!
-//! Owns the Redis connection (one multiplexed connection per process, reconnecting by
-//! itself) and the bound on every call (`timeout_ms`). It says allowed, limited or "Redis did
-//! not answer"; what a request does about the last is its layer's policy (`rate_limits =
-//! "fail_open" | "fail_closed"`). Must not keep request state of its own.
+//! Owns the Redis connections (one multiplexed connection per process, reconnecting by
+//! itself, plus one subscription connection per replica, see `switches`) and the bound on
+//! every call (`timeout_ms`). It says allowed, limited or "Redis did not answer"; what a
+//! request does about the last is its feature's policy (`rate_limits = "fail_open" |
+//! "fail_closed"`). Must not keep request state of its own, nor decide a policy.
+
+pub mod switches;
 
 use std::time::Duration;
 
@@ -87,6 +93,10 @@ pub enum ClusterError {
     Timeout(Duration),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("the subscription connection to Redis closed")]
+    Closed,
+    #[error("unreadable answer from Redis: {0}")]
+    Unreadable(String),
 }
 
 /// Which shared limit refused a request.
@@ -97,12 +107,17 @@ pub enum Limited {
 }
 
 pub struct Cluster {
+    /// For the subscription connection, which is not multiplexed.
+    client: redis::Client,
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
     gcra: Script,
     claim: Script,
     release: Script,
+    switch: Script,
+    /// This process's name in the shared switch record; unique per start.
+    replica: String,
 }
 
 impl Cluster {
@@ -120,12 +135,15 @@ impl Cluster {
             .map_err(|_| ClusterError::Timeout(wait))?
             .map_err(connect)?;
         Ok(Self {
+            client,
             connection,
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             gcra: Script::new(GCRA),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            switch: Script::new(switches::SWITCH),
+            replica: ulid::Ulid::generate().to_string(),
         })
     }
 
@@ -216,6 +234,33 @@ impl Cluster {
             0 => Ok(()),
             1 => Err((Limited::Gateway, wait)),
             _ => Err((Limited::Merchant, wait)),
+        })
+    }
+}
+
+impl Cluster {
+    /// Takes one call from the bucket every replica shares for `channel`'s contracted rate,
+    /// or says how long until one would be allowed. The same script as [`Cluster::admit`],
+    /// with its second bucket unused.
+    pub async fn admit_channel(
+        &self,
+        channel: &str,
+        quota: RateLimit,
+    ) -> Result<Result<(), Duration>, ClusterError> {
+        let key = format!("{}rl:channel:{channel}", self.prefix);
+        let (interval, tolerance) = gcra_parameters(quota);
+        let mut invocation = self.gcra.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(&key)
+            .arg(interval)
+            .arg(tolerance)
+            .arg(0)
+            .arg(0);
+        let (refused, wait_us): (u8, u64) = self.call(invocation).await?;
+        Ok(match refused {
+            0 => Ok(()),
+            _ => Err(Duration::from_micros(wait_us)),
         })
     }
 }
