@@ -106,32 +106,21 @@ impl JournalKeys {
         journal: &dyn Committed,
     ) -> Begin {
         match self.live.entry(scope.clone()) {
-            Entry::Occupied(occupied) => match occupied.get() {
-                Live::InFlight {
-                    request_hash: first,
-                    ..
-                }
-                | Live::Answered(KeyRecord {
-                    request_hash: first,
-                    ..
-                }) if *first != request_hash => Begin::Mismatch,
-                Live::InFlight { finished, .. } => Begin::InFlight(finished.subscribe()),
-                Live::Answered(record) => record.replay(),
-            },
-            Entry::Vacant(vacant) => {
-                if self.shared || self.filter.may_contain(scope.as_str()) {
-                    match journal.committed(scope) {
-                        Err(_) => return Begin::Unreadable,
-                        Ok(Some(record)) if record.expires_at_ms > now_ms => {
-                            return if record.request_hash == request_hash {
-                                record.replay()
-                            } else {
-                                Begin::Mismatch
-                            };
-                        }
-                        Ok(_) => {}
+            Entry::Occupied(occupied) => {
+                return match occupied.get() {
+                    Live::InFlight {
+                        request_hash: first,
+                        ..
                     }
-                }
+                    | Live::Answered(KeyRecord {
+                        request_hash: first,
+                        ..
+                    }) if *first != request_hash => Begin::Mismatch,
+                    Live::InFlight { finished, .. } => Begin::InFlight(finished.subscribe()),
+                    Live::Answered(record) => record.replay(),
+                };
+            }
+            Entry::Vacant(vacant) => {
                 if self.live_count.load(Ordering::Relaxed) >= max_live {
                     return Begin::Full;
                 }
@@ -141,8 +130,38 @@ impl JournalKeys {
                     finished: watch::channel(()).0,
                     target: None,
                 });
-                Begin::Proceed
             }
+        }
+        // Held as in flight, and the map's lock let go, before the journal is asked: a
+        // lookup (a database round trip with a shared journal) must not hold up the other
+        // keys of the map's shard, and a repeat arriving meanwhile waits for this one.
+        if self.shared || self.filter.may_contain(scope.as_str()) {
+            let known = match journal.committed(scope) {
+                Err(_) => Some(Begin::Unreadable),
+                Ok(Some(record)) if record.expires_at_ms > now_ms => {
+                    Some(if record.request_hash == request_hash {
+                        record.replay()
+                    } else {
+                        Begin::Mismatch
+                    })
+                }
+                Ok(_) => None,
+            };
+            if let Some(known) = known {
+                self.let_go(scope);
+                return known;
+            }
+        }
+        Begin::Proceed
+    }
+
+    /// Drops the in-flight record of `scope` (its waiters wake and look again).
+    fn let_go(&self, scope: &Scope) {
+        let freed = self
+            .live
+            .remove_if(scope, |_, live| matches!(live, Live::InFlight { .. }));
+        if freed.is_some() {
+            self.live_count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -189,12 +208,7 @@ impl JournalKeys {
         expires_at_ms: u64,
     ) -> Option<KeyRecord> {
         if answer.is_none() && !keep {
-            let freed = self
-                .live
-                .remove_if(scope, |_, live| matches!(live, Live::InFlight { .. }));
-            if freed.is_some() {
-                self.live_count.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.let_go(scope);
             return None;
         }
         let mut live = self.live.get_mut(scope)?;
