@@ -41,8 +41,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queries in flight at once, so that a slow PSP cannot hold back the others for long.
 const MAX_CONCURRENT_QUERIES: usize = 64;
 /// How long a replica keeps the right to reconcile a payment it asked about: past the query's
-/// own timeout, so that two replicas never ask at once.
-const LEASE: Duration = Duration::from_secs(30);
+/// own timeout, so that two replicas never ask at once, and no longer, since a replica that
+/// dies holding it delays the payment's reconciliation by that much.
+const LEASE: Duration = Duration::from_secs(15);
 /// Beyond the request timeout, how long a payment without a channel may still be in its
 /// handler (the answer's wait for the journal included).
 const UNSENT_GRACE: Duration = Duration::from_secs(5);
