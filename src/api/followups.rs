@@ -59,18 +59,20 @@ pub async fn follow_up(
             .map_or(std::time::Duration::MAX, |c| c.timeout);
         super::in_doubt_until(scope, timeout)
     };
-    // A payment the journal cannot read now is not "no payment": 503, nothing sent.
-    store.find(id).map_err(|error| {
-        ApiError::Overloaded(format!("{error}; nothing was sent, retry shortly"))
-    })?;
     let mut reserved = Err(ApiError::NotFound(format!("no payment {id}")));
-    store.update(id, &mut |payment| {
+    let found = store.update(id, &mut |payment| {
         reserved = if *payment.merchant == *scope.merchant {
             reserve(payment, kind, requested, &operation_id, &in_doubt_until)
         } else {
             Err(ApiError::NotFound(format!("no payment {id}")))
         };
     });
+    // A payment the journal cannot read now is not "no payment": 503, nothing sent.
+    if !found {
+        store.find(id).map_err(|error| {
+            ApiError::Overloaded(format!("{error}; nothing was sent, retry shortly"))
+        })?;
+    }
     let reservation = reserved?;
     // The write-ahead intent, as for payments: the operation (pending) and the merchant's key
     // are on disk before the call, or the call does not happen.

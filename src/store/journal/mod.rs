@@ -201,14 +201,13 @@ impl JournalStore {
         self.enqueue(Write::Payment(id.to_string()));
     }
 
-    fn load(&self, id: &str) -> Option<Payment> {
-        match self.reader.record(id) {
-            Ok(record) => record.and_then(|r| serde_json::from_str(&r).ok()),
-            Err(error) => {
-                tracing::error!(payment = id, %error, "cannot read the payment from the journal");
-                None
-            }
-        }
+    /// The payment as the journal holds it; Err when the journal cannot be read now.
+    fn read(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        let record = self.reader.record(id).map_err(|error| {
+            tracing::error!(payment = id, %error, "cannot read the payment from the journal");
+            StoreError::Unavailable(format!("cannot be read now ({error})"))
+        })?;
+        Ok(record.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
     /// With a shared journal, a copy in memory that is committed and no longer moving may be
@@ -243,20 +242,15 @@ impl PaymentStore for JournalStore {
     }
 
     fn get(&self, id: &str) -> Option<Payment> {
-        self.forget_if_stale(id);
-        self.memory.get(id).or_else(|| self.load(id))
+        self.find(id).ok().flatten()
     }
 
     fn find(&self, id: &str) -> Result<Option<Payment>, StoreError> {
         self.forget_if_stale(id);
-        if let Some(payment) = self.memory.get(id) {
-            return Ok(Some(payment));
+        match self.memory.get(id) {
+            Some(payment) => Ok(Some(payment)),
+            None => self.read(id),
         }
-        let record = self.reader.record(id).map_err(|error| {
-            tracing::error!(payment = id, %error, "cannot read the payment from the journal");
-            StoreError::Unavailable(format!("cannot be read now ({error})"))
-        })?;
-        Ok(record.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
     fn update(&self, id: &str, change: &mut dyn FnMut(&mut Payment)) -> bool {
@@ -269,9 +263,9 @@ impl PaymentStore for JournalStore {
                 self.journal(id);
                 return true;
             }
-            match self.load(id) {
-                Some(payment) => self.memory.adopt(payment),
-                None => return false,
+            match self.read(id) {
+                Ok(Some(payment)) => self.memory.adopt(payment),
+                Ok(None) | Err(_) => return false,
             }
         }
         false
