@@ -263,6 +263,37 @@ fn chrono_free_today() -> String {
 }
 
 #[tokio::test]
+async fn a_key_whose_payment_surely_failed_is_new_on_the_other_replica_and_a_charged_one_is_kept() {
+    require("PostgreSQL", POSTGRES);
+    require("Redis", REDIS);
+    let refusing = Process::mock_psp(&["--name", "psp", "--error-503", "1"]).await;
+    let schema = Schema(unique_name());
+    let a = Process::gateway(&routes(&schema.0, &[("psp", &refusing)], "")).await;
+    let key = format!("order-{}", unique_name());
+    let body = card_payment(900, "EUR");
+    let failed = pay_keyed(&a, &key, &body).await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY, "{}", failed.json);
+    // Nothing was charged: the record names nothing any more, for any replica.
+    let scope_rows =
+        format!("SELECT COUNT(*) FROM idempotency WHERE scope LIKE '%{key}' AND expires_at_ms > 0");
+    assert_eq!(count(&schema.0, &scope_rows), 0);
+
+    // The same key on another replica, whose PSP answers, is a new payment, charged once.
+    let sim = Process::mock_psp(&["--name", "psp", "--success-rate", "1"]).await;
+    let b = Process::gateway(&routes(&schema.0, &[("psp", &sim)], "")).await;
+    let charged = pay_keyed(&b, &key, &body).await;
+    assert_eq!(charged.status, StatusCode::CREATED, "{}", charged.json);
+    assert_ne!(charged.json["id"], failed.json["error"]["payment_id"]);
+    assert_eq!(count(&schema.0, &scope_rows), 1);
+    // Now it is kept: a retry on the first replica is the charged payment, not sent again.
+    let replayed = pay_keyed(&a, &key, &body).await;
+    assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.json);
+    assert_eq!(replayed.json["id"], charged.json["id"]);
+    assert_eq!(sim.stats().await["payments"].as_u64(), Some(1));
+    assert_eq!(refusing.stats().await["requests"].as_u64(), Some(1));
+}
+
+#[tokio::test]
 async fn kill_9_of_a_replica_under_load_loses_nothing_and_the_other_settles_what_it_had_in_flight()
 {
     require("PostgreSQL", POSTGRES);
@@ -587,6 +618,15 @@ async fn postgres_lost_mid_run_refuses_new_payments_unsent_and_service_resumes_w
         "{}",
         capture.json
     );
+    // A keyed payment refused while the journal is away leaves its key free.
+    let key = format!("order-{}", unique_name());
+    let keyed = pay_keyed(&gateway, &key, &card_payment(300, "EUR")).await;
+    assert_eq!(
+        keyed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        keyed.json
+    );
     let sent_while_down = sim.stats().await["payments"].as_u64().unwrap_or(0);
 
     proxy.restore();
@@ -605,12 +645,14 @@ async fn postgres_lost_mid_run_refuses_new_payments_unsent_and_service_resumes_w
     };
     assert_eq!(resumed.json["status"], "succeeded");
     assert_eq!(readyz(&gateway).await.status, StatusCode::OK);
+    let keyed = pay_keyed(&gateway, &key, &card_payment(300, "EUR")).await;
+    assert_eq!(keyed.status, StatusCode::CREATED, "{}", keyed.json);
     // Every payment the PSP received is in the journal as succeeded; the refused ones were
     // never sent.
     let stats = sim.stats().await;
     assert_eq!(
         stats["payments"].as_u64(),
-        Some(sent_while_down + 1),
+        Some(sent_while_down + 2),
         "{stats}"
     );
     let durable = get_payment(&gateway, KEY, resumed.json["id"].as_str().unwrap()).await;
@@ -626,6 +668,6 @@ async fn postgres_lost_mid_run_refuses_new_payments_unsent_and_service_resumes_w
             &schema.0,
             "SELECT COUNT(*) FROM payments WHERE status = 'succeeded'"
         ),
-        sent_while_down + 1
+        sent_while_down + 2
     );
 }

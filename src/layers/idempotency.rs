@@ -144,10 +144,18 @@ async fn admit(
     let mut rechecked = false;
     loop {
         let settings = gateway.snapshot().config.idempotency.clone();
-        match gateway
-            .idempotency
-            .begin(scope, hash, Instant::now(), &settings)
-        {
+        let store = &gateway.idempotency;
+        let begun = match store.begin(scope, hash, Instant::now(), &settings) {
+            Begin::LookUp => {
+                let held = Held { gateway, scope };
+                let begun = store.look_up(scope, hash).await;
+                // Still held when it proceeds; let go by the lookup otherwise.
+                held.hand_on();
+                begun
+            }
+            begun => begun,
+        };
+        match begun {
             Begin::Proceed => {
                 let claimed = claim_across_replicas(gateway, scope, &hash).await;
                 // Another replica holds the key: with a journal the replicas share, its record
@@ -172,7 +180,8 @@ async fn admit(
                     "this Idempotency-Key was used with a different request".into(),
                 ));
             }
-            Begin::Unreadable => {
+            // (`look_up` decides: it never answers LookUp.)
+            Begin::Unreadable | Begin::LookUp => {
                 return Err(ApiError::Overloaded(
                     "the idempotency records cannot be read; nothing was sent, try again".into(),
                 ));
@@ -237,8 +246,12 @@ async fn claim_across_replicas(
     } else {
         settings.ttl
     };
+    let held = Held { gateway, scope };
     let refused = match cluster.claim(scope.as_str(), hash, claim_for).await {
-        Ok(Claim::Won) => return Ok(None),
+        Ok(Claim::Won) => {
+            held.hand_on();
+            return Ok(None);
+        }
         Ok(Claim::Elsewhere) => ApiError::IdempotencyConflict(
             "this Idempotency-Key was first used on another replica, which holds its answer".into(),
         ),
@@ -254,6 +267,7 @@ async fn claim_across_replicas(
                 .map_or(FailPolicy::Closed, |c| c.idempotency);
             tracing::warn!(%error, ?policy, "shared idempotency keys unavailable");
             if policy == FailPolicy::Open {
+                held.hand_on();
                 return Ok(None);
             }
             ApiError::Overloaded(
@@ -262,10 +276,32 @@ async fn claim_across_replicas(
             )
         }
     };
-    gateway
-        .idempotency
-        .finish(scope, None, Instant::now(), settings);
+    drop(held);
     Err(refused)
+}
+
+/// A key's record held in flight by a request that has not been handed on to its handler:
+/// freed when dropped, so that a request that goes away meanwhile (its deadline passed, its
+/// connection closed) does not leave its key blocked.
+struct Held<'a> {
+    gateway: &'a Gateway,
+    scope: &'a Scope,
+}
+
+impl Held<'_> {
+    /// The record goes on with the request (or was let go already): nothing to free.
+    fn hand_on(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let settings = self.gateway.snapshot().config.idempotency.clone();
+        self.gateway
+            .idempotency
+            .finish(self.scope, None, Instant::now(), &settings);
+    }
 }
 
 /// What a key made, as it now stands (pending, or settled since, by reconciliation too):

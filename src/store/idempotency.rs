@@ -44,6 +44,8 @@ pub enum Begin {
     Full,
     /// The journal could not say whether the key was used before: nothing may be sent.
     Unreadable,
+    /// The key is held as in flight; whether it was used before is for `look_up` to say.
+    LookUp,
 }
 
 /// A record's identity: merchant and key, in one string (the merchant's length first, so no
@@ -78,6 +80,9 @@ pub fn split_target(target: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// A `look_up` under way.
+pub type Looking<'a> = std::pin::Pin<Box<dyn Future<Output = Begin> + Send + 'a>>;
+
 pub trait IdempotencyStore: Send + Sync + 'static {
     fn begin(
         &self,
@@ -86,6 +91,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         now: Instant,
         settings: &Settings,
     ) -> Begin;
+    /// After `begin` said `LookUp`: asks the store's journal whether the key was used
+    /// before, without blocking the caller's thread.
+    fn look_up<'a>(&'a self, _scope: &'a Scope, _request_hash: [u8; 32]) -> Looking<'a> {
+        Box::pin(std::future::ready(Begin::Proceed))
+    }
     /// Records the answer of the request in flight (`None`: it failed and the key is free
     /// again). A key already answered keeps its first answer and is never freed. True when
     /// this call recorded an answer.

@@ -58,12 +58,6 @@ enum Live {
     Answered(KeyRecord),
 }
 
-/// What `begin` needs from the journal: the committed record of a scope, if any.
-pub trait Committed {
-    /// Err: the journal could not be read.
-    fn committed(&self, scope: &Scope) -> Result<Option<KeyRecord>, String>;
-}
-
 #[derive(Default)]
 pub struct JournalKeys {
     live: DashMap<Scope, Live>,
@@ -97,14 +91,11 @@ impl JournalKeys {
     }
 
     /// As `IdempotencyStore::begin`, with `max_live` bounding the records in memory.
-    pub fn begin(
-        &self,
-        scope: &Scope,
-        request_hash: [u8; 32],
-        now_ms: u64,
-        max_live: usize,
-        journal: &dyn Committed,
-    ) -> Begin {
+    /// `LookUp`: the key is held as in flight, and the journal must say whether it was used
+    /// before (`settle`). That is asked after the map's lock is let go: a lookup (a database
+    /// round trip with a shared journal) must not hold up the other keys of the map's
+    /// shard, and a repeat arriving meanwhile waits for this one.
+    pub fn begin(&self, scope: &Scope, request_hash: [u8; 32], max_live: usize) -> Begin {
         match self.live.entry(scope.clone()) {
             Entry::Occupied(occupied) => {
                 return match occupied.get() {
@@ -132,27 +123,35 @@ impl JournalKeys {
                 });
             }
         }
-        // Held as in flight, and the map's lock let go, before the journal is asked: a
-        // lookup (a database round trip with a shared journal) must not hold up the other
-        // keys of the map's shard, and a repeat arriving meanwhile waits for this one.
         if self.shared || self.filter.may_contain(scope.as_str()) {
-            let known = match journal.committed(scope) {
-                Err(_) => Some(Begin::Unreadable),
-                Ok(Some(record)) if record.expires_at_ms > now_ms => {
-                    Some(if record.request_hash == request_hash {
-                        record.replay()
-                    } else {
-                        Begin::Mismatch
-                    })
-                }
-                Ok(_) => None,
-            };
-            if let Some(known) = known {
-                self.let_go(scope);
-                return known;
-            }
+            Begin::LookUp
+        } else {
+            Begin::Proceed
         }
-        Begin::Proceed
+    }
+
+    /// After `begin` said `LookUp`: what the journal holds for `scope` (Err: it could not
+    /// be read) decides.
+    pub fn settle(
+        &self,
+        scope: &Scope,
+        request_hash: [u8; 32],
+        now_ms: u64,
+        committed: Result<Option<KeyRecord>, ()>,
+    ) -> Begin {
+        let known = match committed {
+            Err(()) => Begin::Unreadable,
+            Ok(Some(record)) if record.expires_at_ms > now_ms => {
+                if record.request_hash == request_hash {
+                    record.replay()
+                } else {
+                    Begin::Mismatch
+                }
+            }
+            Ok(_) => return Begin::Proceed,
+        };
+        self.let_go(scope);
+        known
     }
 
     /// Drops the in-flight record of `scope` (its waiters wake and look again).
@@ -379,9 +378,21 @@ mod tests {
     #[derive(Default)]
     struct Journal(Mutex<HashMap<String, KeyRecord>>);
 
-    impl Committed for Journal {
-        fn committed(&self, scope: &Scope) -> Result<Option<KeyRecord>, String> {
-            Ok(self.0.lock().unwrap().get(scope.as_str()).cloned())
+    /// `begin`, and `settle` from the journal when it asks.
+    fn begin(
+        keys: &JournalKeys,
+        scope: &Scope,
+        hash: [u8; 32],
+        now_ms: u64,
+        max_live: usize,
+        journal: &Journal,
+    ) -> Begin {
+        match keys.begin(scope, hash, max_live) {
+            Begin::LookUp => {
+                let committed = journal.0.lock().unwrap().get(scope.as_str()).cloned();
+                keys.settle(scope, hash, now_ms, Ok(committed))
+            }
+            begun => begun,
         }
     }
 
@@ -399,11 +410,11 @@ mod tests {
         let journal = Journal::default();
         let scope = Scope::new("m", "k");
         assert!(matches!(
-            keys.begin(&scope, [1; 32], 0, 10, &journal),
+            begin(&keys, &scope, [1; 32], 0, 10, &journal),
             Begin::Proceed
         ));
         assert!(matches!(
-            keys.begin(&scope, [1; 32], 0, 10, &journal),
+            begin(&keys, &scope, [1; 32], 0, 10, &journal),
             Begin::InFlight(_)
         ));
         let record = keys.finish(&scope, Some(answer()), false, 1_000).unwrap();
@@ -411,7 +422,7 @@ mod tests {
         assert_eq!(keys.finish(&scope, Some(answer()), false, 2_000), None);
         assert_eq!(keys.finish(&scope, None, false, 2_000), None);
         assert!(
-            matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Replay(a) if a == answer())
+            matches!(begin(&keys, &scope, [1; 32], 0, 10, &journal), Begin::Replay(a) if a == answer())
         );
         journal
             .0
@@ -424,15 +435,15 @@ mod tests {
             (0, 1)
         );
         assert!(
-            matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Replay(a) if a == answer())
+            matches!(begin(&keys, &scope, [1; 32], 0, 10, &journal), Begin::Replay(a) if a == answer())
         );
         assert!(matches!(
-            keys.begin(&scope, [2; 32], 0, 10, &journal),
+            begin(&keys, &scope, [2; 32], 0, 10, &journal),
             Begin::Mismatch
         ));
         // Past its expiry the key is new again.
         assert!(matches!(
-            keys.begin(&scope, [2; 32], 1_000, 10, &journal),
+            begin(&keys, &scope, [2; 32], 1_000, 10, &journal),
             Begin::Proceed
         ));
     }
@@ -443,16 +454,16 @@ mod tests {
         let journal = Journal::default();
         let a = Scope::new("m", "a");
         assert!(matches!(
-            keys.begin(&a, [1; 32], 0, 1, &journal),
+            begin(&keys, &a, [1; 32], 0, 1, &journal),
             Begin::Proceed
         ));
         assert!(matches!(
-            keys.begin(&Scope::new("m", "b"), [1; 32], 0, 1, &journal),
+            begin(&keys, &Scope::new("m", "b"), [1; 32], 0, 1, &journal),
             Begin::Full
         ));
         assert_eq!(keys.finish(&a, None, false, 1_000), None);
         assert!(matches!(
-            keys.begin(&a, [1; 32], 0, 1, &journal),
+            begin(&keys, &a, [1; 32], 0, 1, &journal),
             Begin::Proceed
         ));
     }
@@ -473,7 +484,7 @@ mod tests {
             .insert(scope.as_str().to_string(), record);
         let keys = JournalKeys::new([(scope.as_str().to_string(), 5_000)]);
         assert!(matches!(
-            keys.begin(&scope, [3; 32], 0, 10, &journal),
+            begin(&keys, &scope, [3; 32], 0, 10, &journal),
             Begin::Replay(_)
         ));
     }
@@ -484,7 +495,7 @@ mod tests {
         let journal = Journal::default();
         let scope = Scope::new("m", "k");
         assert!(matches!(
-            keys.begin(&scope, [1; 32], 0, 10, &journal),
+            begin(&keys, &scope, [1; 32], 0, 10, &journal),
             Begin::Proceed
         ));
         let intent = keys.bind(&scope, "pay_1", 5_000).unwrap();
@@ -498,17 +509,17 @@ mod tests {
             .insert(scope.as_str().to_string(), intent);
         let restarted = JournalKeys::new([(scope.as_str().to_string(), 5_000)]);
         assert!(
-            matches!(restarted.begin(&scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
+            matches!(begin(&restarted, &scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
         );
         assert!(matches!(
-            restarted.begin(&scope, [2; 32], 0, 10, &journal),
+            begin(&restarted, &scope, [2; 32], 0, 10, &journal),
             Begin::Mismatch
         ));
         // Without a crash, an error answer with `keep` still names the payment.
         let record = keys.finish(&scope, None, true, 5_000).unwrap();
         assert_eq!(record.kept, Kept::Made("pay_1".into()));
         assert!(
-            matches!(keys.begin(&scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
+            matches!(begin(&keys, &scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
         );
     }
 

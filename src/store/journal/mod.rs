@@ -22,14 +22,16 @@ mod batch;
 mod postgres;
 mod sqlite;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::idempotency::{Begin, IdempotencyStore, Scope, StoredResponse};
-use super::keys::{Committed, JournalKeys, Kept, KeyRecord};
+use super::idempotency::{Begin, IdempotencyStore, Looking, Scope, StoredResponse};
+use super::keys::{JournalKeys, Kept, KeyRecord};
 use super::{Durable, MemoryStore, Payment, PaymentStore, StoreError, now_ms};
 use crate::config::{Idempotency, Journal, JournalSync};
 use batch::{Event, Rows, Write};
@@ -65,6 +67,8 @@ pub enum DbError {
     Disconnected,
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("{0}")]
+    Read(String),
     #[error("a reader panicked")]
     Poisoned,
     #[error("cannot encode a payment: {0}")]
@@ -77,14 +81,17 @@ trait Writer: Send {
     fn commit(&mut self, rows: &Rows<'_>) -> Result<usize, DbError>;
 }
 
+/// A key's committed record, being read.
+type KeyLookup = Pin<Box<dyn Future<Output = Result<Option<KeyRecord>, DbError>> + Send>>;
+
 /// The readers' side of a backend.
 trait Reader: Send + Sync {
     /// A payment's stored record (JSON).
     fn record(&self, id: &str) -> Result<Option<String>, DbError>;
     /// The records of payments in doubt.
     fn in_doubt(&self) -> Result<Vec<String>, DbError>;
-    /// A key's committed record.
-    fn key(&self, scope: &str) -> Result<Option<KeyRecord>, DbError>;
+    /// A key's committed record (the future may not run on the caller's thread).
+    fn look_up(&self, scope: &str) -> KeyLookup;
     /// Takes (or renews) the right to reconcile `payment_id` for `for`: false while another
     /// replica holds it.
     fn lease(&self, payment_id: &str, r#for: Duration) -> Result<bool, DbError>;
@@ -319,15 +326,6 @@ impl PaymentStore for JournalStore {
     }
 }
 
-impl Committed for JournalStore {
-    fn committed(&self, scope: &Scope) -> Result<Option<KeyRecord>, String> {
-        self.reader.key(scope.as_str()).map_err(|error| {
-            tracing::error!(%error, "cannot read an idempotency record from the journal");
-            error.to_string()
-        })
-    }
-}
-
 /// Idempotency records in the journal: see `keys.rs`. `max_keys` bounds the records held in
 /// memory (in flight, or answered and not yet committed); the journal keeps the rest until
 /// they expire.
@@ -339,8 +337,17 @@ impl IdempotencyStore for JournalStore {
         _now: std::time::Instant,
         settings: &Idempotency,
     ) -> Begin {
-        self.keys
-            .begin(scope, request_hash, now_ms(), settings.max_keys, self)
+        self.keys.begin(scope, request_hash, settings.max_keys)
+    }
+
+    fn look_up<'a>(&'a self, scope: &'a Scope, request_hash: [u8; 32]) -> Looking<'a> {
+        let lookup = self.reader.look_up(scope.as_str());
+        Box::pin(async move {
+            let committed = lookup.await.map_err(|error| {
+                tracing::error!(%error, "cannot read an idempotency record from the journal");
+            });
+            self.keys.settle(scope, request_hash, now_ms(), committed)
+        })
     }
 
     fn bind(&self, scope: &Scope, target: &str, settings: &Idempotency) {

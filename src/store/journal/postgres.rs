@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use postgres::{Client, Config, NoTls, Statement};
+use tokio::sync::oneshot;
 
 use super::batch::{Rows, status_text};
-use super::{Backend, DbError, Reader, Writer};
+use super::{Backend, DbError, KeyLookup, Reader, Writer};
 use crate::config::Postgres as Settings;
 use crate::store::idempotency::StoredResponse;
 use crate::store::keys::{Kept, KeyRecord};
@@ -32,6 +33,11 @@ const SCHEMA: &str = include_str!("../journal.pg.sql");
 const SCHEMA_LOCK: i64 = 0x7061_7967_6174_6501;
 /// Leases are deleted this long after they expired.
 const LEASE_RETENTION_MS: i64 = 3_600_000;
+/// At most this many expired records are deleted by one sweep, so that a sweep is one short
+/// index range whatever the table holds; the next sweep deletes more.
+const SWEEP_LIMIT: i64 = 10_000;
+/// At most this many payments in doubt are read at a time, the oldest first.
+const IN_DOUBT_LIMIT: i64 = 10_000;
 
 /// Connects, creates the schema when missing, and starts the readers (which stop once
 /// `alive` has no owner).
@@ -122,64 +128,55 @@ WITH payment_rows AS (
     SELECT * FROM UNNEST($33::int8[], $34::text[], $35::text[], $36::text[])
     RETURNING 1
 ), key_rows AS (
+    -- A freed key (expiry 0: gone for every lookup, deleted by the next sweep) replaces only
+    -- a record that names what it made and was never answered: the request in flight that
+    -- made a payment which surely failed. An update rather than a DELETE, so that the
+    -- statement has one plan whatever the tables hold: a DELETE by key may be planned as a
+    -- scan of the whole table once and kept so.
     INSERT INTO idempotency (scope, request_hash, status, body, channel, expires_at_ms, target)
     SELECT * FROM UNNEST($37::text[], $38::bytea[], $39::int4[], $40::bytea[], $41::text[],
         $42::int8[], $43::text[])
     ON CONFLICT (scope) DO UPDATE SET request_hash = excluded.request_hash,
         status = excluded.status, body = excluded.body, channel = excluded.channel,
         expires_at_ms = excluded.expires_at_ms, target = excluded.target
-    RETURNING 1
-), freed_keys AS (
-    -- Only a record that names what it made and was never answered is freed: the request
-    -- in flight that made a payment which surely failed.
-    DELETE FROM idempotency WHERE scope = ANY($44::text[]) AND target IS NOT NULL
+    WHERE excluded.expires_at_ms > 0 OR idempotency.target IS NOT NULL
     RETURNING 1
 )
 SELECT (SELECT COUNT(*) FROM payment_rows) + (SELECT COUNT(*) FROM attempt_rows)
-     + (SELECT COUNT(*) FROM event_rows) + (SELECT COUNT(*) FROM key_rows)
-     + (SELECT COUNT(*) FROM freed_keys)";
+     + (SELECT COUNT(*) FROM event_rows) + (SELECT COUNT(*) FROM key_rows)";
 
-struct Statements {
-    batch: Statement,
-    sweep_keys: Statement,
-    sweep_leases: Statement,
-}
-
-impl Statements {
-    fn prepare(client: &mut Client) -> Result<Self, DbError> {
-        Ok(Self {
-            batch: client.prepare(BATCH)?,
-            sweep_keys: client.prepare("DELETE FROM idempotency WHERE expires_at_ms <= $1")?,
-            sweep_leases: client.prepare("DELETE FROM leases WHERE until_ms <= $1")?,
-        })
-    }
-}
+/// The sweeps, bounded and in index order. Sent as text, so planned for the table as it is
+/// at each sweep.
+const SWEEP_KEYS: &str = "DELETE FROM idempotency WHERE scope IN (SELECT scope FROM idempotency
+    WHERE expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2)";
+const SWEEP_LEASES: &str = "DELETE FROM leases WHERE until_ms <= $1";
 
 struct PgWriter {
-    /// None after the connection was lost: opened again by the next commit.
-    client: Option<(Client, Statements)>,
+    /// With the prepared batch; None after the connection was lost: opened again by the
+    /// next commit.
+    client: Option<(Client, Statement)>,
     config: Config,
     settings: Settings,
 }
 
 impl PgWriter {
     fn new(mut client: Client, config: Config, settings: Settings) -> Result<Self, DbError> {
-        let statements = Statements::prepare(&mut client)?;
+        let batch = client.prepare(BATCH)?;
         Ok(Self {
-            client: Some((client, statements)),
+            client: Some((client, batch)),
             config,
             settings,
         })
     }
 
-    fn connected(&mut self) -> Result<&mut (Client, Statements), DbError> {
+    fn connected(&mut self) -> Result<&mut (Client, Statement), DbError> {
         if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
             self.client = None;
         }
         if self.client.is_none() {
             let mut client = connect(&self.config, &self.settings)?;
-            let statements = Statements::prepare(&mut client)?;
-            self.client = Some((client, statements));
+            let batch = client.prepare(BATCH)?;
+            self.client = Some((client, batch));
         }
         self.client.as_mut().ok_or(DbError::Disconnected)
     }
@@ -187,15 +184,15 @@ impl PgWriter {
 
 impl Writer for PgWriter {
     fn commit(&mut self, rows: &Rows<'_>) -> Result<usize, DbError> {
-        let (client, statements) = self.connected()?;
+        let (client, batch) = self.connected()?;
         // The sweep first, on its own: if the batch then fails it is retried whole, and a
         // sweep done twice is harmless (events written twice would not be).
         let mut swept = 0;
         if let Some(before) = rows.sweep_before_ms {
             let before = before as i64;
-            swept = client.execute(&statements.sweep_keys, &[&before])? as usize;
+            swept = client.execute(SWEEP_KEYS, &[&before, &SWEEP_LIMIT])? as usize;
             let expired = before - LEASE_RETENTION_MS;
-            client.execute(&statements.sweep_leases, &[&expired])?;
+            client.execute(SWEEP_LEASES, &[&expired])?;
         }
         let payments = PaymentColumns::of(rows);
         let attempts = AttemptColumns::of(rows);
@@ -205,7 +202,7 @@ impl Writer for PgWriter {
         params.extend(attempts.params());
         params.extend(events.params());
         params.extend(keys.params());
-        client.query_one(&statements.batch, &params)?;
+        client.query_one(&*batch, &params)?;
         Ok(swept)
     }
 }
@@ -377,7 +374,7 @@ impl<'a> EventColumns<'a> {
     }
 }
 
-/// The keys kept (a record each) and the keys freed.
+/// The keys kept (a record each) and the keys freed (an empty record, expired).
 struct KeyColumns<'a> {
     scopes: Vec<&'a str>,
     hashes: Vec<&'a [u8]>,
@@ -386,47 +383,51 @@ struct KeyColumns<'a> {
     channels: Vec<Option<&'a str>>,
     expiries: Vec<i64>,
     targets: Vec<Option<&'a str>>,
-    freed: Vec<&'a str>,
 }
 
 impl<'a> KeyColumns<'a> {
     fn of(rows: &'a Rows<'_>) -> Self {
-        let kept: Vec<(&str, &KeyRecord)> = rows
-            .keys
-            .iter()
-            .filter_map(|(scope, change)| change.map(|record| (scope.as_str(), record)))
-            .collect();
-        let answer = |record: &'a KeyRecord| match &record.kept {
-            Kept::Answer(answer) => Some(answer),
-            Kept::Made(_) => None,
+        let n = rows.keys.len();
+        let mut columns = Self {
+            scopes: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            channels: Vec::with_capacity(n),
+            expiries: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n),
         };
-        let k = || kept.iter();
-        Self {
-            scopes: k().map(|(scope, _)| *scope).collect(),
-            hashes: k().map(|(_, r)| &r.request_hash[..]).collect(),
-            statuses: k()
-                .map(|(_, r)| answer(r).map_or(0, |a| i32::from(a.status)))
-                .collect(),
-            bodies: k()
-                .map(|(_, r)| answer(r).map_or(&[][..], |a| &a.body[..]))
-                .collect(),
-            channels: k()
-                .map(|(_, r)| answer(r).and_then(|a| a.channel.as_deref()))
-                .collect(),
-            expiries: k().map(|(_, r)| r.expires_at_ms as i64).collect(),
-            targets: k()
-                .map(|(_, r)| match &r.kept {
-                    Kept::Made(target) => Some(target.as_str()),
-                    Kept::Answer(_) => None,
-                })
-                .collect(),
-            freed: rows
-                .keys
-                .iter()
-                .filter(|(_, change)| change.is_none())
-                .map(|(scope, _)| scope.as_str())
-                .collect(),
+        for (scope, change) in &rows.keys {
+            let (hash, answer, expiry, target) = match change {
+                Some(record) => match &record.kept {
+                    Kept::Answer(answer) => (
+                        &record.request_hash[..],
+                        Some(answer),
+                        record.expires_at_ms,
+                        None,
+                    ),
+                    Kept::Made(target) => (
+                        &record.request_hash[..],
+                        None,
+                        record.expires_at_ms,
+                        Some(target.as_str()),
+                    ),
+                },
+                None => (&[][..], None, 0, None),
+            };
+            columns.scopes.push(scope.as_str());
+            columns.hashes.push(hash);
+            columns
+                .statuses
+                .push(answer.map_or(0, |a| i32::from(a.status)));
+            columns.bodies.push(answer.map_or(&[][..], |a| &a.body[..]));
+            columns
+                .channels
+                .push(answer.and_then(|a| a.channel.as_deref()));
+            columns.expiries.push(expiry as i64);
+            columns.targets.push(target);
         }
+        columns
     }
 
     fn params(&self) -> Vec<Param<'_>> {
@@ -438,17 +439,60 @@ impl<'a> KeyColumns<'a> {
             &self.channels,
             &self.expiries,
             &self.targets,
-            &self.freed,
         ]
     }
 }
 
-/// A read, run on a reader's thread with its connection (None while it cannot connect).
-type Job = Box<dyn FnOnce(Option<&mut Client>) + Send>;
+/// A reader's connection and its statements, prepared once per connection (a statement
+/// given as text would cost a round trip more on every read).
+struct ReaderConnection {
+    client: Client,
+    record: Statement,
+    in_doubt: Statement,
+    lease: Statement,
+}
 
-/// Reader threads, each with its own connection, taking jobs from one queue.
+/// A reader's connection: each read is planned for the table as it is now. A plan cached
+/// while the table was nearly empty would scan all of it once it is not (only an ANALYZE
+/// makes PostgreSQL plan again).
+fn connect_reader(config: &Config, settings: &Settings) -> Result<Client, DbError> {
+    let mut client = connect(config, settings)?;
+    client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
+    Ok(client)
+}
+
+impl ReaderConnection {
+    fn open(config: &Config, settings: &Settings) -> Result<Self, DbError> {
+        let mut client = connect_reader(config, settings)?;
+        Ok(Self {
+            record: client.prepare("SELECT record FROM payments WHERE id = $1")?,
+            in_doubt: client.prepare(
+                "SELECT record FROM payments WHERE in_doubt ORDER BY created_at_ms LIMIT $1",
+            )?,
+            // Taken, or kept by its owner, or taken over once expired; on the database's clock.
+            lease: client.prepare(
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS ms)
+                 INSERT INTO leases (payment_id, owner, until_ms)
+                 SELECT $1, $2, now.ms + $3 FROM now
+                 ON CONFLICT (payment_id) DO UPDATE SET owner = excluded.owner,
+                    until_ms = excluded.until_ms
+                 WHERE leases.owner = excluded.owner
+                    OR leases.until_ms <= (SELECT ms FROM now)
+                 RETURNING owner",
+            )?,
+            client,
+        })
+    }
+}
+
+/// A read, run on a reader's thread with its connection (None while it cannot connect).
+type Job = Box<dyn FnOnce(Option<&mut ReaderConnection>) + Send>;
+
+/// Reader threads, each with its own connection, taking jobs from one queue; and the
+/// key lookups' thread.
 struct PgReaders {
     jobs: Mutex<mpsc::Sender<Job>>,
+    lookups: mpsc::Sender<Lookup>,
     timeout: Duration,
 }
 
@@ -464,21 +508,29 @@ impl PgReaders {
                 .spawn(move || read_forever(&config, &settings, &receiver, &alive))
                 .map_err(|e| DbError::Thread(e.to_string()))?;
         }
+        let (lookups, asked) = mpsc::channel::<Lookup>();
+        let timeout = settings.timeout;
+        let settings = settings.clone();
+        std::thread::Builder::new()
+            .name("journal-keys".into())
+            .spawn(move || look_up_forever(&config, &settings, &asked, &alive))
+            .map_err(|e| DbError::Thread(e.to_string()))?;
         Ok(Self {
             jobs: Mutex::new(sender),
-            timeout: settings.timeout,
+            lookups,
+            timeout,
         })
     }
 
     /// Runs `read` on a reader and waits for its answer, `timeout` at most.
     fn ask<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+        read: impl FnOnce(&mut ReaderConnection) -> Result<T, postgres::Error> + Send + 'static,
     ) -> Result<T, DbError> {
         let (reply, answer): (SyncSender<Result<T, DbError>>, Receiver<_>) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |client| {
-            let result = match client {
-                Some(client) => read(client).map_err(DbError::from),
+        let job: Job = Box::new(move |connection| {
+            let result = match connection {
+                Some(connection) => read(connection).map_err(DbError::from),
                 None => Err(DbError::Disconnected),
             };
             let _ = reply.send(result);
@@ -507,7 +559,7 @@ fn read_forever(
     jobs: &Mutex<Receiver<Job>>,
     alive: &Weak<()>,
 ) {
-    let mut client: Option<Client> = None;
+    let mut connection: Option<ReaderConnection> = None;
     while alive.strong_count() > 0 {
         let job = match jobs.lock() {
             Ok(jobs) => jobs.recv_timeout(Duration::from_secs(1)),
@@ -518,79 +570,144 @@ fn read_forever(
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = match connect(config, settings) {
-                Ok(client) => Some(client),
+        if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+            connection = match ReaderConnection::open(config, settings) {
+                Ok(connection) => Some(connection),
                 Err(error) => {
                     tracing::warn!(%error, "journal reader cannot connect");
                     None
                 }
             };
         }
-        job(client.as_mut());
+        job(connection.as_mut());
     }
 }
 
 impl Reader for PgReaders {
     fn record(&self, id: &str) -> Result<Option<String>, DbError> {
         let id = id.to_string();
-        self.ask(move |client| {
-            let row = client.query_opt("SELECT record FROM payments WHERE id = $1", &[&id])?;
+        self.ask(move |c| {
+            let row = c.client.query_opt(&c.record, &[&id])?;
             Ok(row.map(|row| row.get(0)))
         })
     }
 
     fn in_doubt(&self) -> Result<Vec<String>, DbError> {
-        self.ask(|client| {
-            let rows = client.query("SELECT record FROM payments WHERE in_doubt", &[])?;
+        self.ask(|c| {
+            let rows = c.client.query(&c.in_doubt, &[&IN_DOUBT_LIMIT])?;
             Ok(rows.into_iter().map(|row| row.get(0)).collect())
         })
     }
 
-    fn key(&self, scope: &str) -> Result<Option<KeyRecord>, DbError> {
-        let scope = scope.to_string();
-        self.ask(move |client| {
-            let row = client.query_opt(
-                "SELECT request_hash, status, body, channel, expires_at_ms, target
-                 FROM idempotency WHERE scope = $1",
-                &[&scope],
-            )?;
-            Ok(row.map(|row| {
-                let hash: Vec<u8> = row.get(0);
-                let kept = match row.get::<_, Option<String>>(5) {
-                    Some(target) => Kept::Made(target),
-                    None => Kept::Answer(StoredResponse {
-                        status: u16::try_from(row.get::<_, i32>(1)).unwrap_or(500),
-                        body: row.get::<_, Vec<u8>>(2).into(),
-                        channel: row.get(3),
-                    }),
-                };
-                KeyRecord {
-                    request_hash: hash.try_into().unwrap_or([0; 32]),
-                    kept,
-                    expires_at_ms: row.get::<_, i64>(4) as u64,
-                }
-            }))
+    fn look_up(&self, scope: &str) -> KeyLookup {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.lookups.send((scope.to_string(), reply));
+        let timeout = self.timeout;
+        Box::pin(async move {
+            queued.map_err(|_| DbError::Disconnected)?;
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(_)) => Err(DbError::Disconnected),
+                Err(_) => Err(DbError::Timeout(timeout)),
+            }
         })
     }
 
     fn lease(&self, payment_id: &str, r#for: Duration) -> Result<bool, DbError> {
         let (id, owner) = (payment_id.to_string(), replica_id().to_string());
         let for_ms = r#for.as_millis() as i64;
-        self.ask(move |client| {
-            let taken = client.query_opt(
-                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS ms)
-                 INSERT INTO leases (payment_id, owner, until_ms)
-                 SELECT $1, $2, now.ms + $3 FROM now
-                 ON CONFLICT (payment_id) DO UPDATE SET owner = excluded.owner,
-                    until_ms = excluded.until_ms
-                 WHERE leases.owner = excluded.owner
-                    OR leases.until_ms <= (SELECT ms FROM now)
-                 RETURNING owner",
-                &[&id, &owner, &for_ms],
-            )?;
-            Ok(taken.is_some())
+        self.ask(move |c| {
+            Ok(c.client
+                .query_opt(&c.lease, &[&id, &owner, &for_ms])?
+                .is_some())
         })
+    }
+}
+
+/// A key to look up, and where its answer goes.
+type Lookup = (String, oneshot::Sender<Result<Option<KeyRecord>, DbError>>);
+
+/// At most this many keys are looked up by one statement.
+const LOOKUP_BATCH: usize = 256;
+
+/// Looks keys up for every request of this replica, as the writer commits: whatever has
+/// been asked while the last lookup ran goes in the next, one statement and one round trip
+/// however many keys it holds.
+fn look_up_forever(
+    config: &Config,
+    settings: &Settings,
+    asked: &Receiver<Lookup>,
+    alive: &Weak<()>,
+) {
+    let mut connection: Option<(Client, Statement)> = None;
+    while alive.strong_count() > 0 {
+        let first = match asked.recv_timeout(Duration::from_secs(1)) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < LOOKUP_BATCH {
+            match asked.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        if connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            connection = connect_reader(config, settings)
+                .and_then(|mut client| {
+                    let statement = client.prepare(
+                        "SELECT scope, request_hash, status, body, channel, expires_at_ms, target
+                         FROM idempotency WHERE scope = ANY($1)",
+                    )?;
+                    Ok((client, statement))
+                })
+                .inspect_err(|error| tracing::warn!(%error, "journal key lookups cannot connect"))
+                .ok();
+        }
+        let Some((client, statement)) = connection.as_mut() else {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(DbError::Disconnected));
+            }
+            continue;
+        };
+        let scopes: Vec<&str> = batch.iter().map(|(scope, _)| scope.as_str()).collect();
+        match client.query(&*statement, &[&scopes]) {
+            Ok(rows) => {
+                let found: std::collections::HashMap<String, KeyRecord> = rows
+                    .iter()
+                    .map(|row| (row.get(0), key_record(row)))
+                    .collect();
+                for (scope, reply) in batch {
+                    let _ = reply.send(Ok(found.get(&scope).cloned()));
+                }
+            }
+            Err(error) => {
+                let error = error.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(DbError::Read(error.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// A key's record from its row (scope, request_hash, status, body, channel, expires_at_ms,
+/// target).
+fn key_record(row: &postgres::Row) -> KeyRecord {
+    let hash: Vec<u8> = row.get(1);
+    let kept = match row.get::<_, Option<String>>(6) {
+        Some(target) => Kept::Made(target),
+        None => Kept::Answer(StoredResponse {
+            status: u16::try_from(row.get::<_, i32>(2)).unwrap_or(500),
+            body: row.get::<_, Vec<u8>>(3).into(),
+            channel: row.get(4),
+        }),
+    };
+    KeyRecord {
+        request_hash: hash.try_into().unwrap_or([0; 32]),
+        kept,
+        expires_at_ms: row.get::<_, i64>(5) as u64,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::batch::{Rows, status_text};
-use super::{Backend, DbError, Reader, Writer};
+use super::{Backend, DbError, KeyLookup, Reader, Writer};
 use crate::store::idempotency::StoredResponse;
 use crate::store::keys::{Kept, KeyRecord};
 use crate::store::now_ms;
@@ -240,24 +240,6 @@ impl SqliteReader {
         let connection = self.0.lock().map_err(|_| DbError::Poisoned)?;
         Ok(read(&connection)?)
     }
-}
-
-impl Reader for SqliteReader {
-    fn record(&self, id: &str) -> Result<Option<String>, DbError> {
-        self.with(|c| {
-            c.prepare_cached("SELECT record FROM payments WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()
-        })
-    }
-
-    fn in_doubt(&self) -> Result<Vec<String>, DbError> {
-        self.with(|c| {
-            let mut query = c.prepare_cached("SELECT record FROM payments WHERE in_doubt = 1")?;
-            let rows = query.query_map([], |row| row.get::<_, String>(0))?;
-            rows.collect()
-        })
-    }
 
     fn key(&self, scope: &str) -> Result<Option<KeyRecord>, DbError> {
         self.with(|c| {
@@ -283,6 +265,29 @@ impl Reader for SqliteReader {
             })
             .optional()
         })
+    }
+}
+
+impl Reader for SqliteReader {
+    fn record(&self, id: &str) -> Result<Option<String>, DbError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT record FROM payments WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()
+        })
+    }
+
+    fn in_doubt(&self) -> Result<Vec<String>, DbError> {
+        self.with(|c| {
+            let mut query = c.prepare_cached("SELECT record FROM payments WHERE in_doubt = 1")?;
+            let rows = query.query_map([], |row| row.get::<_, String>(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Read at once: the file is local, and the read short.
+    fn look_up(&self, scope: &str) -> KeyLookup {
+        Box::pin(std::future::ready(self.key(scope)))
     }
 
     /// One process owns the file: nobody else reconciles its payments.
