@@ -61,7 +61,8 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
         let settings = gateway.snapshot().config.reconciliation.clone();
         tokio::time::sleep(settings.interval).await;
         let in_doubt = askable(gateway.store.pending(), now_ms());
-        due.retain(|id, _| in_doubt.iter().any(|item| item.id() == id));
+        let ids: std::collections::HashSet<&str> = in_doubt.iter().map(|item| item.id()).collect();
+        due.retain(|id, _| ids.contains(id.as_str()));
         let mut queries = JoinSet::new();
         for item in in_doubt {
             let now = Instant::now();

@@ -111,31 +111,36 @@ field() { echo "$1" | grep -oE "(^| )$2=[0-9.]+" | cut -d= -f2; }
 redis_calls() { redis-cli -u "redis://$REDIS" info commandstats | awk -F'[:=,]' '/^cmdstat_(evalsha|eval)[:]/ {s+=$3} END{print s+0}'; }
 pg_commits() { psql -tA "$PG_URL" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
 payments() { curl -s "$GW_ADMIN/metrics" | awk '/^paygate_payments_total/ {s+=$NF} END{print s+0}'; }
+# CPU time of the paygate replica alone (user + system, all threads), in microseconds: what one
+# replica costs per payment wherever its Redis and PostgreSQL run.
+TICK=$(getconf CLK_TCK)
+replica_cpu_us() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%d\n", ($12 + $13) * 1000000 / t }' "/proc/$GW_PID/stat"; }
 
 RAW=$TMP/raw.tsv
-printf 'round\ttarget\trps\terrors\tp50_us\tp99_us\tp999_us\tredis_per_payment\tpg_per_payment\n' > "$RAW"
+printf 'round\ttarget\trps\terrors\tp50_us\tp99_us\tp999_us\tredis_per_payment\tpg_per_payment\tcpu_us_per_payment\n' > "$RAW"
 for round in $(seq "$REPEATS"); do
   for t in $TARGETS; do
     start "$t" "$round"
     run_wrk closed "$WARMUP" "r$round-$t-warm" > /dev/null
-    r0=$(redis_calls); c0=$(pg_commits); n0=$(payments)
+    r0=$(redis_calls); c0=$(pg_commits); n0=$(payments); u0=$(replica_cpu_us)
     thr=$(run_wrk closed "$DURATION" "r$round-$t-thr")
-    r1=$(redis_calls); c1=$(pg_commits); n1=$(payments)
+    r1=$(redis_calls); c1=$(pg_commits); n1=$(payments); u1=$(replica_cpu_us)
     lat=$(run_wrk paced "$LAT_DURATION" "r$round-$t-lat")
     errors=$(( $(field "$thr" err_connect) + $(field "$thr" err_read) + $(field "$thr" err_timeout) + $(field "$thr" non2xx) + $(field "$lat" non2xx) + $(field "$lat" err_timeout) ))
     per() { awk -v d="$1" -v n="$2" 'BEGIN{ if (n > 0) printf "%.2f", d/n; else print "-" }'; }
     rpp=$(per $((r1 - r0)) $((n1 - n0)))
     ppp=$(per $((c1 - c0)) $((n1 - n0)))
+    cpp=$(per $((u1 - u0)) $((n1 - n0)))
     stop
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$(field "$thr" rps)" "$errors" \
-      "$(field "$lat" p50_us)" "$(field "$lat" p99_us)" "$(field "$lat" p999_us)" "$rpp" "$ppp" >> "$RAW"
-    log "round $round $t: $(field "$thr" rps) req/s; at $RATE req/s p50 $(field "$lat" p50_us) us p99 $(field "$lat" p99_us) us; errors $errors; Redis round trips/payment $rpp (server-wide), PostgreSQL transactions/payment $ppp (database-wide)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$(field "$thr" rps)" "$errors" \
+      "$(field "$lat" p50_us)" "$(field "$lat" p99_us)" "$(field "$lat" p999_us)" "$rpp" "$ppp" "$cpp" >> "$RAW"
+    log "round $round $t: $(field "$thr" rps) req/s; at $RATE req/s p50 $(field "$lat" p50_us) us p99 $(field "$lat" p99_us) us; errors $errors; Redis round trips/payment $rpp (server-wide), PostgreSQL transactions/payment $ppp (database-wide), replica CPU $cpp us/payment"
   done
 done
 
 med() { awk -F'\t' -v t="$1" -v c="$2" 'NR>1 && $2==t {print $c}' "$RAW" | sort -g | awk '{a[NR]=$1} END{if(NR%2) print a[(NR+1)/2]; else printf "%g\n", (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A M
-for t in $TARGETS; do for c in 3 4 5 6 7 8 9; do M[$t,$c]=$(med "$t" "$c"); done; done
+for t in $TARGETS; do for c in 3 4 5 6 7 8 9 10; do M[$t,$c]=$(med "$t" "$c"); done; done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 ms() { awk -v u="$1" 'BEGIN{printf "%.3f", u/1000}'; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", (a-b)/1000}'; }
@@ -150,22 +155,27 @@ pass() { if awk "BEGIN{exit !($1)}"; then echo PASS; else echo FAIL; fi; }
   echo "- Load: wrk $THREADS threads, $CONNS connections, the 400-byte payment of run.sh with a unique Idempotency-Key each; per target and round ${WARMUP} s warm-up, ${DURATION} s closed loop, ${LAT_DURATION} s at $RATE req/s; $REPEATS rounds, targets interleaved; medians"
   echo "- Pipeline: benches/load/routes.toml.tmpl (auth, rate limits, idempotency, adaptive routing over 3 channels, journal \`sync = \"batch\"\`); redis adds \`[cluster]\`, redis+pg also \`[journal] url\`"
   echo
-  echo "| target | throughput req/s | p50 ms | p99 ms | p99.9 ms | errors | Redis round trips / payment | PostgreSQL transactions / payment |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| target | throughput req/s (all on these cores) | p50 ms | p99 ms | p99.9 ms | errors | Redis round trips / payment | PostgreSQL transactions / payment | replica CPU µs / payment |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for t in $TARGETS; do
-    echo "| $t | ${M[$t,3]} | $(ms "${M[$t,5]}") | $(ms "${M[$t,6]}") | $(ms "${M[$t,7]}") | ${M[$t,4]} | ${M[$t,8]} | ${M[$t,9]} |"
+    echo "| $t | ${M[$t,3]} | $(ms "${M[$t,5]}") | $(ms "${M[$t,6]}") | $(ms "${M[$t,7]}") | ${M[$t,4]} | ${M[$t,8]} | ${M[$t,9]} | ${M[$t,10]} |"
   done
   echo
   echo "| bar | figure | verdict |"
   echo "| --- | ---: | --- |"
-  echo "| redis throughput >= 0.7x single | $(ratio "${M[redis,3]}" "${M[single,3]}")x | $(pass "${M[redis,3]} >= 0.7 * ${M[single,3]}") |"
-  echo "| redis+pg throughput >= 0.7x single | $(ratio "${M[redis+pg,3]}" "${M[single,3]}")x | $(pass "${M[redis+pg,3]} >= 0.7 * ${M[single,3]}") |"
+  echo "| redis throughput >= 0.7x single, all on these cores | $(ratio "${M[redis,3]}" "${M[single,3]}")x | $(pass "${M[redis,3]} >= 0.7 * ${M[single,3]}") |"
+  echo "| redis+pg throughput >= 0.7x single, all on these cores | $(ratio "${M[redis+pg,3]}" "${M[single,3]}")x | $(pass "${M[redis+pg,3]} >= 0.7 * ${M[single,3]}") |"
+  echo "| redis per-replica throughput (single's CPU per payment / its own) >= 0.7x | $(ratio "${M[single,10]}" "${M[redis,10]}")x | $(pass "${M[single,10]} >= 0.7 * ${M[redis,10]}") |"
+  echo "| redis+pg per-replica throughput (single's CPU per payment / its own) >= 0.7x | $(ratio "${M[single,10]}" "${M[redis+pg,10]}")x | $(pass "${M[single,10]} >= 0.7 * ${M[redis+pg,10]}") |"
   echo "| p99 added by Redis < 1 ms | $(added "${M[redis,6]}" "${M[single,6]}") ms | $(pass "${M[redis,6]} - ${M[single,6]} < 1000") |"
   echo
   echo "Redis round trips per payment are the scripts (EVALSHA, EVAL) in \`INFO commandstats\` over"
   echo "the closed-loop run, PostgreSQL transactions (commits of the writer and reads, each read"
   echo "being its own transaction) from \`pg_stat_database\`; every client of that Redis or database"
-  echo "counts. Per-round figures:"
+  echo "counts. Replica CPU is the paygate replica's own user and system time (\`/proc/<pid>/stat\`) over the"
+  echo "closed-loop run per payment: with Redis and PostgreSQL on machines of their own, as in production,"
+  echo "a replica's throughput is its cores divided by it. Here Redis, PostgreSQL, wrk and the simulator"
+  echo "take their CPU from the same two cores, which the first throughput column pays for. Per-round figures:"
   echo
   echo '```'
   cat "$RAW"

@@ -452,12 +452,15 @@ struct ReaderConnection {
     lease: Statement,
 }
 
-/// A reader's connection: each read is planned for the table as it is now. A plan cached
+/// A reader's connection. Each read is planned for the table as it is now: a plan cached
 /// while the table was nearly empty would scan all of it once it is not (only an ANALYZE
-/// makes PostgreSQL plan again).
+/// makes PostgreSQL plan again). No bitmap scans: the reads here are by key or in index
+/// order, and only a plain index scan marks the entries of rows updated since as dead, so
+/// that the next scan skips them (a bitmap scan of the payments in doubt would visit every
+/// payment once in doubt, until a VACUUM).
 fn connect_reader(config: &Config, settings: &Settings) -> Result<Client, DbError> {
     let mut client = connect(config, settings)?;
-    client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
+    client.batch_execute("SET plan_cache_mode = force_custom_plan; SET enable_bitmapscan = off")?;
     Ok(client)
 }
 
