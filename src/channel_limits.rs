@@ -16,7 +16,7 @@ use crate::gateway::Gateway;
 use crate::limits::{InFlight, Skip};
 
 /// The `feature` label of `paygate_cluster_errors_total`.
-const FEATURE: &str = "channel_limits";
+const FEATURE: &str = crate::cluster::CHANNEL_LIMITS;
 
 /// Admits one call to `channel`, or says why it must be skipped.
 pub async fn admit(gateway: &Gateway, channel: &Channel) -> Result<InFlight, Skip> {

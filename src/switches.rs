@@ -38,7 +38,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// The `feature` label of `paygate_cluster_errors_total`.
-const FEATURE: &str = "switches";
+const FEATURE: &str = crate::cluster::SWITCHES;
 
 /// What the operator's switch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

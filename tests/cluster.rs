@@ -115,6 +115,13 @@ async fn replicas_share_one_merchant_limit() {
                 .await,
         f64::from(limited[0] + limited[1])
     );
+    // One timed round trip per payment, each replica counting its own (no key: no claim).
+    for (gateway, n) in [(&a, 0), (&b, 1)] {
+        let calls = gateway
+            .metric("paygate_cluster_call_duration_seconds_count{feature=\"rate_limits\"}")
+            .await;
+        assert_eq!(calls, f64::from(accepted[n] + limited[n]));
+    }
 }
 
 /// A Redis of the test's own, on a port of its own, to stop and start again.

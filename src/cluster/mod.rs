@@ -106,6 +106,12 @@ pub enum Limited {
     Merchant,
 }
 
+/// The features that call Redis, as the metrics name them (`feature`).
+pub const RATE_LIMITS: &str = "rate_limits";
+pub const IDEMPOTENCY: &str = "idempotency";
+pub const CHANNEL_LIMITS: &str = "channel_limits";
+pub const SWITCHES: &str = "switches";
+
 pub struct Cluster {
     /// For the subscription connection, which is not multiplexed.
     client: redis::Client,
@@ -118,6 +124,8 @@ pub struct Cluster {
     switch: Script,
     /// This process's name in the shared switch record; unique per start.
     replica: String,
+    /// How long each call took, by feature (`paygate_cluster_call_duration_seconds`).
+    durations: Option<prometheus::HistogramVec>,
 }
 
 impl Cluster {
@@ -144,7 +152,14 @@ impl Cluster {
             release: Script::new(RELEASE),
             switch: Script::new(switches::SWITCH),
             replica: ulid::Ulid::generate().to_string(),
+            durations: None,
         })
+    }
+
+    /// Times every call into `durations`, labelled with the feature that made it.
+    pub fn timed_by(mut self, durations: prometheus::HistogramVec) -> Self {
+        self.durations = Some(durations);
+        self
     }
 
     /// The Redis key of an idempotency scope (a merchant and its key): hashed, so that any
@@ -169,7 +184,7 @@ impl Cluster {
             .key(self.key_of(scope))
             .arg(hex::encode(fingerprint))
             .arg(ttl.as_millis().max(1) as u64);
-        let held: u8 = self.call(invocation).await?;
+        let held: u8 = self.call(IDEMPOTENCY, invocation).await?;
         Ok(match held {
             0 => Claim::Won,
             1 => Claim::Elsewhere,
@@ -184,7 +199,7 @@ impl Cluster {
         invocation
             .key(self.key_of(scope))
             .arg(hex::encode(fingerprint));
-        self.call::<u8>(invocation).await.map(|_| ())
+        self.call::<u8>(IDEMPOTENCY, invocation).await.map(|_| ())
     }
 
     /// Whether Redis answers now (for `/readyz`).
@@ -198,15 +213,24 @@ impl Cluster {
             .map_err(ClusterError::Redis)
     }
 
+    /// One script, one round trip, bounded by the timeout; `feature` names it in the metrics.
     async fn call<T: redis::FromRedisValue>(
         &self,
+        feature: &str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, ClusterError> {
         let mut connection = self.connection.clone();
-        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
             .await
-            .map_err(|_| ClusterError::Timeout(self.timeout))?
-            .map_err(ClusterError::Redis)
+            .map_err(|_| ClusterError::Timeout(self.timeout))
+            .and_then(|answer| answer.map_err(ClusterError::Redis));
+        if let Some(durations) = &self.durations {
+            durations
+                .with_label_values(&[feature])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        answer
     }
 
     /// Takes one request from the gateway's and the merchant's shared buckets, or says which
@@ -228,7 +252,7 @@ impl Cluster {
             let (interval, tolerance) = quota.map_or((0, 0), gcra_parameters);
             invocation.arg(interval).arg(tolerance);
         }
-        let (refused, wait_us): (u8, u64) = self.call(invocation).await?;
+        let (refused, wait_us): (u8, u64) = self.call(RATE_LIMITS, invocation).await?;
         let wait = Duration::from_micros(wait_us);
         Ok(match refused {
             0 => Ok(()),
@@ -257,7 +281,7 @@ impl Cluster {
             .arg(tolerance)
             .arg(0)
             .arg(0);
-        let (refused, wait_us): (u8, u64) = self.call(invocation).await?;
+        let (refused, wait_us): (u8, u64) = self.call(CHANNEL_LIMITS, invocation).await?;
         Ok(match refused {
             0 => Ok(()),
             _ => Err(Duration::from_micros(wait_us)),

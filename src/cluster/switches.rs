@@ -177,7 +177,7 @@ impl Cluster {
             .arg(&self.replica)
             .arg(u8::from(write == Write::IfLatest))
             .arg(self.switches_channel());
-        let (replaced, stored): (u8, String) = self.call(invocation).await?;
+        let (replaced, stored): (u8, String) = self.call(super::SWITCHES, invocation).await?;
         let record = Record::stored(channel, &stored).ok_or_else(|| unreadable(channel))?;
         Ok(Written {
             replaced: replaced == 1,

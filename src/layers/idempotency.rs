@@ -259,7 +259,7 @@ async fn claim_across_replicas(
             "this Idempotency-Key was used with a different request".into(),
         ),
         Err(error) => {
-            gateway.metrics.cluster_error("idempotency");
+            gateway.metrics.cluster_error(crate::cluster::IDEMPOTENCY);
             let policy = snapshot
                 .config
                 .cluster
@@ -365,7 +365,7 @@ where
             && let (Some(cluster), Some(hash)) = (&gateway.cluster, &hash)
             && let Err(error) = cluster.release(scope.as_str(), hash).await
         {
-            gateway.metrics.cluster_error("idempotency");
+            gateway.metrics.cluster_error(crate::cluster::IDEMPOTENCY);
             tracing::warn!(%error, "idempotency key not freed across replicas; it expires with its ttl");
         }
         // The answer leaves only once its record is as durable as the payment: a retry after

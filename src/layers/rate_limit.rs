@@ -86,7 +86,7 @@ where
                     Err(limited(&gateway, LimitScope::Merchant, "merchant", wait))
                 }
                 Err(error) => {
-                    gateway.metrics.cluster_error("rate_limits");
+                    gateway.metrics.cluster_error(crate::cluster::RATE_LIMITS);
                     let policy = config
                         .cluster
                         .as_ref()
