@@ -123,6 +123,7 @@ impl Gateway {
     /// Shares rate limits, idempotency claims, channel limits and switches with the other
     /// replicas through `cluster`.
     pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.metrics.cluster_mode();
         let cluster = cluster.timed_by(self.metrics.cluster_calls.clone());
         self.cluster = Some(Arc::new(cluster));
         self

@@ -492,6 +492,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Cluster mode is on: every feature's error series is exported from the start, at 0, so
+    /// that `rate()` sees a replica's very first errors.
+    pub fn cluster_mode(&self) {
+        for feature in crate::cluster::FEATURES {
+            self.cluster_errors.with_label_values(&[feature]);
+        }
+    }
+
     /// A call to the cluster's shared store that failed or timed out.
     pub fn cluster_error(&self, feature: &str) {
         self.cluster_errors.with_label_values(&[feature]).inc();

@@ -121,6 +121,12 @@ async fn replicas_share_one_merchant_limit() {
             .metric("paygate_cluster_call_duration_seconds_count{feature=\"rate_limits\"}")
             .await;
         assert_eq!(calls, f64::from(accepted[n] + limited[n]));
+        // Every feature's error series is there from the start, at 0.
+        let metrics = gateway.metrics().await;
+        for feature in ["rate_limits", "idempotency", "channel_limits", "switches"] {
+            let series = format!("paygate_cluster_errors_total{{feature=\"{feature}\"}} 0");
+            assert!(metrics.contains(&series), "no {series}");
+        }
     }
 }
 

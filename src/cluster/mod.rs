@@ -111,6 +111,7 @@ pub const RATE_LIMITS: &str = "rate_limits";
 pub const IDEMPOTENCY: &str = "idempotency";
 pub const CHANNEL_LIMITS: &str = "channel_limits";
 pub const SWITCHES: &str = "switches";
+pub const FEATURES: [&str; 4] = [RATE_LIMITS, IDEMPOTENCY, CHANNEL_LIMITS, SWITCHES];
 
 pub struct Cluster {
     /// For the subscription connection, which is not multiplexed.
