@@ -81,19 +81,23 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
                 continue;
             }
             // With a journal shared by replicas, one of them asks about a payment at a time.
-            if !gateway.store.lease(&item.payment.id, LEASE) {
+            if !gateway.store.hold(&item.payment.id, LEASE) {
                 continue;
             }
             while queries.len() >= MAX_CONCURRENT_QUERIES {
                 queries.join_next().await;
             }
             let gateway = gateway.clone();
-            match item.operation {
-                None => queries.spawn(reconcile(gateway, item.payment, age)),
-                Some(operation) => {
-                    queries.spawn(reconcile_operation(gateway, item.payment, operation))
+            let id = item.payment.id.clone();
+            queries.spawn(async move {
+                match item.operation {
+                    None => reconcile(gateway.clone(), item.payment, age).await,
+                    Some(operation) => {
+                        reconcile_operation(gateway.clone(), item.payment, operation).await
+                    }
                 }
-            };
+                gateway.store.let_go(&id);
+            });
         }
         while queries.join_next().await.is_some() {}
     }

@@ -263,6 +263,69 @@ fn chrono_free_today() -> String {
 }
 
 #[tokio::test]
+async fn captures_of_one_payment_sent_to_two_replicas_at_once_are_all_kept() {
+    require("PostgreSQL", POSTGRES);
+    require("Redis", REDIS);
+    // Slow enough that the captures overlap: without a hold of the payment, a replica would
+    // write its own view of it over the other's capture.
+    let sim = Process::mock_psp(&[
+        "--name",
+        "psp",
+        "--success-rate",
+        "1",
+        "--latency",
+        "fixed:40",
+    ])
+    .await;
+    let schema = Schema(unique_name());
+    let text = routes(&schema.0, &[("psp", &sim)], "");
+    let (a, b) = (Process::gateway(&text).await, Process::gateway(&text).await);
+    let authorized = pay(&a, &card_payment(1000, "EUR")).await;
+    assert_eq!(
+        authorized.status,
+        StatusCode::CREATED,
+        "{}",
+        authorized.json
+    );
+    let id = authorized.json["id"].as_str().expect("id").to_string();
+    let mut captures = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let url = format!("{base}/v1/payments/{id}/capture");
+        captures.spawn(async move {
+            let auth = format!("Bearer {KEY}");
+            send(
+                Method::POST,
+                &url,
+                &[("authorization", &auth)],
+                r#"{"amount": 100}"#,
+            )
+            .await
+        });
+    }
+    let answers = captures.join_all().await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        assert_eq!(answer.json["status"], "succeeded");
+    }
+    // Every capture is in the journal, read from either replica, and the PSP had each once.
+    for gateway in [&a, &b] {
+        let stored = get_payment(gateway, KEY, &id).await;
+        assert_eq!(stored.json["captured_amount"], 800, "{}", stored.json);
+    }
+    assert_eq!(
+        sql(
+            &schema.0,
+            &format!("SELECT captured_amount FROM payments WHERE id = '{id}'")
+        )[0][0],
+        "800"
+    );
+    assert_eq!(sim.stats().await["captures"], 8);
+    // And the leases are given back: none is left held.
+    assert_eq!(count(&schema.0, "SELECT COUNT(*) FROM leases"), 0);
+}
+
+#[tokio::test]
 async fn a_key_whose_payment_surely_failed_is_new_on_the_other_replica_and_a_charged_one_is_kept() {
     require("PostgreSQL", POSTGRES);
     require("Redis", REDIS);

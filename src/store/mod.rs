@@ -258,12 +258,17 @@ pub trait PaymentStore: Send + Sync + 'static {
     fn health(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Takes (or renews) the right to reconcile `payment_id` for `for`, so that one replica
-    /// asks a PSP about a payment at a time; false while another holds it. A store only one
-    /// process writes always grants it.
-    fn lease(&self, _payment_id: &str, _for: std::time::Duration) -> bool {
+    /// Takes (or joins this replica's hold of) the right to change `payment_id` for `for`:
+    /// with a journal several replicas write, one replica at a time asks a PSP about a
+    /// payment or changes it, each from the payment as the journal holds it, so that no
+    /// replica's write undoes another's. False while another replica holds it. A store only
+    /// one process writes always grants it. Each grant is ended by `let_go`.
+    fn hold(&self, _payment_id: &str, _for: std::time::Duration) -> bool {
         true
     }
+    /// One use that `hold` granted is over (its changes committed): the last of this
+    /// replica's lets the payment go to the other replicas.
+    fn let_go(&self, _payment_id: &str) {}
     /// A channel event (ejection, drain, enable, reload) for the daily report.
     fn event(&self, _kind: &str, _channel: Option<&str>, _detail: &str) {}
 }

@@ -92,9 +92,11 @@ trait Reader: Send + Sync {
     fn in_doubt(&self) -> Result<Vec<String>, DbError>;
     /// A key's committed record (the future may not run on the caller's thread).
     fn look_up(&self, scope: &str) -> KeyLookup;
-    /// Takes (or renews) the right to reconcile `payment_id` for `for`: false while another
+    /// Takes (or renews) the right to change `payment_id` for `for`: false while another
     /// replica holds it.
     fn lease(&self, payment_id: &str, r#for: Duration) -> Result<bool, DbError>;
+    /// Gives up this replica's lease of `payment_id`.
+    fn release(&self, payment_id: &str) -> Result<(), DbError>;
 }
 
 /// An open backend.
@@ -124,6 +126,8 @@ pub struct JournalStore {
     shared: bool,
     /// The file, or the database without credentials, for logs.
     location: String,
+    /// The payments this replica holds the lease of, and how many of its uses hold it.
+    held: Mutex<std::collections::HashMap<String, usize>>,
     /// The backend's helper threads stop once the store is gone.
     _alive: Arc<()>,
 }
@@ -182,6 +186,7 @@ impl JournalStore {
             reader,
             shared,
             location,
+            held: Mutex::default(),
             _alive: alive,
         })
     }
@@ -309,11 +314,43 @@ impl PaymentStore for JournalStore {
         pending
     }
 
-    fn lease(&self, payment_id: &str, r#for: Duration) -> bool {
-        self.reader.lease(payment_id, r#for).unwrap_or_else(|error| {
-            tracing::warn!(payment = payment_id, %error, "cannot take the reconciliation lease");
-            false
-        })
+    /// The lease is taken or renewed, and counted, under one lock, so that a `let_go` of
+    /// another use cannot release it in between.
+    fn hold(&self, payment_id: &str, r#for: Duration) -> bool {
+        if !self.shared {
+            return true;
+        }
+        let Ok(mut held) = self.held.lock() else {
+            return false;
+        };
+        match self.reader.lease(payment_id, r#for) {
+            Ok(true) => {
+                *held.entry(payment_id.to_string()).or_insert(0) += 1;
+                true
+            }
+            Ok(false) => false,
+            Err(error) => {
+                tracing::warn!(payment = payment_id, %error, "cannot take the payment's lease");
+                false
+            }
+        }
+    }
+
+    fn let_go(&self, payment_id: &str) {
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        let Some(uses) = held.get_mut(payment_id) else {
+            return;
+        };
+        *uses -= 1;
+        if *uses > 0 {
+            return;
+        }
+        held.remove(payment_id);
+        if let Err(error) = self.reader.release(payment_id) {
+            tracing::warn!(payment = payment_id, %error, "cannot release the payment's lease; it expires");
+        }
     }
 
     fn event(&self, kind: &str, channel: Option<&str>, detail: &str) {

@@ -450,6 +450,7 @@ struct ReaderConnection {
     record: Statement,
     in_doubt: Statement,
     lease: Statement,
+    release: Statement,
 }
 
 /// A reader's connection. Each read is planned for the table as it is now: a plan cached
@@ -483,6 +484,7 @@ impl ReaderConnection {
                     OR leases.until_ms <= (SELECT ms FROM now)
                  RETURNING owner",
             )?,
+            release: client.prepare("DELETE FROM leases WHERE payment_id = $1 AND owner = $2")?,
             client,
         })
     }
@@ -624,6 +626,11 @@ impl Reader for PgReaders {
                 .query_opt(&c.lease, &[&id, &owner, &for_ms])?
                 .is_some())
         })
+    }
+
+    fn release(&self, payment_id: &str) -> Result<(), DbError> {
+        let (id, owner) = (payment_id.to_string(), replica_id().to_string());
+        self.ask(move |c| c.client.execute(&c.release, &[&id, &owner]).map(|_| ()))
     }
 }
 

@@ -294,4 +294,8 @@ impl Reader for SqliteReader {
     fn lease(&self, _payment_id: &str, _for: Duration) -> Result<bool, DbError> {
         Ok(true)
     }
+
+    fn release(&self, _payment_id: &str) -> Result<(), DbError> {
+        Ok(())
+    }
 }
