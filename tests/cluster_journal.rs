@@ -326,6 +326,56 @@ async fn captures_of_one_payment_sent_to_two_replicas_at_once_are_all_kept() {
 }
 
 #[tokio::test]
+async fn a_capture_waits_for_another_replica_s_hold_of_the_payment_then_refuses_unsent() {
+    require("PostgreSQL", POSTGRES);
+    require("Redis", REDIS);
+    let sim = Process::mock_psp(&["--name", "psp", "--success-rate", "1"]).await;
+    let schema = Schema(unique_name());
+    let gateway = Process::gateway(&routes(&schema.0, &[("psp", &sim)], "")).await;
+    let authorized = pay(&gateway, &card_payment(1000, "EUR")).await;
+    assert_eq!(
+        authorized.status,
+        StatusCode::CREATED,
+        "{}",
+        authorized.json
+    );
+    let id = authorized.json["id"].as_str().expect("id").to_string();
+    // Another replica holds the payment (it is changing it) for a minute.
+    sql(
+        &schema.0,
+        &format!(
+            "INSERT INTO leases (payment_id, owner, until_ms) VALUES ('{id}', 'another-replica',
+             (extract(epoch FROM clock_timestamp()) * 1000)::int8 + 60000)"
+        ),
+    );
+    let started = Instant::now();
+    let refused = follow_up(&gateway, &id, "capture", r#"{"amount": 300}"#).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.json["error"]["type"], "overloaded");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "it waited first"
+    );
+    assert_eq!(sim.stats().await["captures"], 0, "nothing was sent");
+    // Once the other replica lets go, the capture goes through, and gives the lease back.
+    sql(
+        &schema.0,
+        &format!("DELETE FROM leases WHERE payment_id = '{id}'"),
+    );
+    let captured = follow_up(&gateway, &id, "capture", r#"{"amount": 300}"#).await;
+    assert_eq!(captured.status, StatusCode::OK, "{}", captured.json);
+    assert_eq!(sim.stats().await["captures"], 1);
+    assert_eq!(count(&schema.0, "SELECT COUNT(*) FROM leases"), 0);
+    let stored = get_payment(&gateway, KEY, &id).await;
+    assert_eq!(stored.json["captured_amount"], 300);
+}
+
+#[tokio::test]
 async fn a_key_whose_payment_surely_failed_is_new_on_the_other_replica_and_a_charged_one_is_kept() {
     require("PostgreSQL", POSTGRES);
     require("Redis", REDIS);

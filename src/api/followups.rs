@@ -8,7 +8,7 @@
 //! is committed, so that captures and refunds of one payment on several replicas at once are
 //! booked one after the other, none written over by another replica's view.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{ApiError, Scope};
 use crate::layers::HttpResponse;
-use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus, PaymentStore};
+use crate::store::{FollowUp, FollowUpKind, Outcome, Payment, PaymentStatus};
 use crate::upstream::{Call, CallContext};
 
 #[derive(Serialize)]
@@ -64,8 +64,8 @@ pub async fn follow_up(
     };
     // Held until the outcome is committed (the end of this function): meanwhile no other
     // replica changes the payment, and this one reads it as the journal holds it.
-    let lease = snapshot.config.server.request_timeout + HOLD_MARGIN;
-    let _held = hold(store.as_ref(), id, lease, scope.deadline).await?;
+    let lease = snapshot.config.server.request_timeout + super::HOLD_MARGIN;
+    let _held = super::hold(store.as_ref(), id, lease, scope.deadline).await?;
     let mut reserved = Err(ApiError::NotFound(format!("no payment {id}")));
     let found = store.update(id, &mut |payment| {
         reserved = if *payment.merchant == *scope.merchant {
@@ -165,48 +165,6 @@ pub async fn follow_up(
         tracing::error!(request_id = %scope.request_id, payment = %id, operation = %record.id, %error, "outcome not yet journaled when answering; the intent is");
     }
     answer
-}
-
-/// Beyond the request timeout, how long a follow-up's hold of its payment may outlive it: the
-/// wait for the journal's commit of its outcome.
-const HOLD_MARGIN: Duration = Duration::from_secs(5);
-/// How long a follow-up waits for another replica's change of the same payment to end, at
-/// most, and how often it looks.
-const HOLD_WAIT: Duration = Duration::from_secs(2);
-const HOLD_POLL: Duration = Duration::from_millis(20);
-
-/// A payment held by this request (`PaymentStore::hold`), let go when dropped.
-struct Held<'a> {
-    store: &'a dyn PaymentStore,
-    id: &'a str,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.store.let_go(self.id);
-    }
-}
-
-/// Holds the payment, waiting (`HOLD_WAIT` at most, and never past the request's deadline)
-/// while another replica changes it; 503 with nothing sent if it still does.
-async fn hold<'a>(
-    store: &'a dyn PaymentStore,
-    id: &'a str,
-    lease: Duration,
-    deadline: Instant,
-) -> Result<Held<'a>, ApiError> {
-    let until = (Instant::now() + HOLD_WAIT).min(deadline);
-    loop {
-        if store.hold(id, lease) {
-            return Ok(Held { store, id });
-        }
-        if Instant::now() + HOLD_POLL > until {
-            return Err(ApiError::Overloaded(format!(
-                "another replica is changing payment {id}; nothing was sent, retry shortly"
-            )));
-        }
-        tokio::time::sleep(HOLD_POLL).await;
-    }
 }
 
 fn kind_name(kind: FollowUpKind) -> &'static str {

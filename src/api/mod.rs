@@ -27,7 +27,7 @@ use crate::gateway::Gateway;
 use crate::layers::{
     AuthenticatedMerchant, Deadline, HttpResponse, KeyScope, RequestId, ResponseFuture,
 };
-use crate::store::{FollowUpKind, StoreError, now_ms};
+use crate::store::{FollowUpKind, PaymentStore, StoreError, now_ms};
 
 /// The merchant API as a tower service, behind the layers.
 #[derive(Clone)]
@@ -251,6 +251,52 @@ fn with_channel(mut response: HttpResponse, channel: Option<&str>) -> HttpRespon
         response.headers_mut().insert("x-paygate-channel", value);
     }
     response
+}
+
+/// Beyond the request timeout, how long a change's hold of its payment may outlive it: the
+/// wait for the journal's commit of its outcome.
+pub(crate) const HOLD_MARGIN: Duration = Duration::from_secs(5);
+/// How long a change waits for another replica's change of the same payment to end, at
+/// most, and how often it looks.
+pub(crate) const HOLD_WAIT: Duration = Duration::from_secs(2);
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
+/// A payment held by this request (`PaymentStore::hold`), let go when dropped: after the
+/// request's changes are committed, as long as it is kept.
+pub(crate) struct Held<'a> {
+    store: &'a dyn PaymentStore,
+    id: String,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.store.let_go(&self.id);
+    }
+}
+
+/// Holds the payment, waiting (`HOLD_WAIT` at most, and never past `deadline`) while another
+/// replica changes it; 503 with nothing changed or sent if it still does.
+pub(crate) async fn hold<'a>(
+    store: &'a dyn PaymentStore,
+    id: &str,
+    lease: Duration,
+    deadline: Instant,
+) -> Result<Held<'a>, ApiError> {
+    let until = (Instant::now() + HOLD_WAIT).min(deadline);
+    loop {
+        if store.hold(id, lease) {
+            return Ok(Held {
+                store,
+                id: id.to_string(),
+            });
+        }
+        if Instant::now() + HOLD_POLL > until {
+            return Err(ApiError::Overloaded(format!(
+                "another replica is changing payment {id}; nothing was sent, retry shortly"
+            )));
+        }
+        tokio::time::sleep(HOLD_POLL).await;
+    }
 }
 
 #[cfg(test)]

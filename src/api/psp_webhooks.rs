@@ -10,6 +10,7 @@
 //! nothing changes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -72,7 +73,7 @@ pub async fn receive(
     let declines = DeclineTable::new(channel.protocol, &channel.decline_codes);
     let mut tally = Tally::default();
     for event in &verified.events {
-        match settle(gateway, channel, &declines, event).await {
+        match settle(gateway, channel, &declines, event).await? {
             Some(payment) => {
                 tally.settled += 1;
                 tracing::info!(channel = %channel.name, payment = %payment.id, event = %event.event_id, "settled by the PSP's webhook");
@@ -98,25 +99,30 @@ pub async fn receive(
 }
 
 /// Applies one event; the payment as it stands after a change it made, None when it changed
-/// nothing (already settled, another channel's, not paygate's, or not a final answer).
+/// nothing (already settled, another channel's, not paygate's, or not a final answer). Err
+/// (503, so that the PSP delivers it again) while another replica changes the payment.
 async fn settle(
     gateway: &Arc<Gateway>,
     channel: &Channel,
     declines: &DeclineTable,
     event: &PspEvent,
-) -> Option<Payment> {
+) -> Result<Option<Payment>, ApiError> {
     let (status, raw_code) = match &event.result {
         EventResult::Succeeded => (PaymentStatus::Succeeded, None),
         EventResult::Failed { raw_code } => (
             PaymentStatus::Declined,
             Some(raw_code.as_deref().unwrap_or("declined")),
         ),
-        EventResult::Pending => return None,
+        EventResult::Pending => return Ok(None),
     };
     // As for answers: a payment's decline is normalized, an operation's keeps the PSP's words.
     let code = raw_code.map(str::to_string);
     let decline_code = raw_code.map(|raw| declines.normalize(raw));
     let store = &gateway.store;
+    let lease = gateway.snapshot().config.server.request_timeout + super::HOLD_MARGIN;
+    let hold = |id| super::hold(store.as_ref(), id, lease, Instant::now() + super::HOLD_WAIT);
+    // Kept until the settlement is committed, at the end.
+    let mut _held = None;
     let mut settled = None;
     match (&event.kind, &event.operation_id) {
         (EventKind::Capture | EventKind::Refund | EventKind::Cancellation, Some(reference)) => {
@@ -128,18 +134,18 @@ async fn settle(
             let payment_id = match &event.payment_id {
                 Some(id) => id.clone(),
                 None => {
-                    store
-                        .pending()
-                        .into_iter()
-                        .find(|p| {
-                            p.id == *reference
-                                || (p.psp_reference.is_some()
-                                    && p.psp_reference == event.original_reference)
-                                || p.operations.iter().any(|op| names(op, reference, event))
-                        })?
-                        .id
+                    let Some(payment) = store.pending().into_iter().find(|p| {
+                        p.id == *reference
+                            || (p.psp_reference.is_some()
+                                && p.psp_reference == event.original_reference)
+                            || p.operations.iter().any(|op| names(op, reference, event))
+                    }) else {
+                        return Ok(None);
+                    };
+                    payment.id
                 }
             };
+            _held = Some(hold(&payment_id).await?);
             store.update(&payment_id, &mut |p| {
                 if let Some(id) = pending_operation(p, channel, kind, reference, event) {
                     super::settle_operation(
@@ -156,7 +162,10 @@ async fn settle(
         // Stripe's `payment_intent.succeeded` is the capture of an automatic-capture payment,
         // so it settles a pending authorization too.
         (EventKind::Authorization | EventKind::Capture, _) => {
-            let payment_id = event.payment_id.as_deref()?;
+            let Some(payment_id) = event.payment_id.as_deref() else {
+                return Ok(None);
+            };
+            _held = Some(hold(payment_id).await?);
             let now = crate::store::now_ms();
             store.update(payment_id, &mut |p| {
                 if p.status != PaymentStatus::Pending
@@ -191,13 +200,15 @@ async fn settle(
                 settled = Some(p.clone());
             });
         }
-        _ => return None,
+        _ => return Ok(None),
     }
-    let payment = settled?;
+    let Some(payment) = settled else {
+        return Ok(None);
+    };
     if let Err(error) = store.durable(&payment.id).await {
         tracing::error!(payment = %payment.id, %error, "webhook settlement not journaled yet");
     }
-    Some(payment)
+    Ok(Some(payment))
 }
 
 /// Whether an event names the operation: by paygate's id (the modification's reference) or

@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at_ms);
 
--- Which replica may ask a PSP about a payment in doubt, until when (the database's clock).
+-- Which replica may change a payment (a capture, refund or cancel, a webhook's settlement)
+-- or ask a PSP about it while it is in doubt, until when (the database's clock).
 CREATE TABLE IF NOT EXISTS leases (
     payment_id TEXT PRIMARY KEY,
     owner      TEXT NOT NULL,
