@@ -120,6 +120,20 @@ channels = [{}]
     text
 }
 
+/// A simulated PSP that accepts every call after `ms` milliseconds.
+async fn psp_answering_after(ms: u64) -> Process {
+    let latency = format!("fixed:{ms}");
+    Process::mock_psp(&[
+        "--name",
+        "psp",
+        "--success-rate",
+        "1",
+        "--latency",
+        &latency,
+    ])
+    .await
+}
+
 async fn pay_keyed(gateway: &Process, key: &str, body: &Value) -> Answer {
     send(
         Method::POST,
@@ -268,15 +282,7 @@ async fn captures_of_one_payment_sent_to_two_replicas_at_once_are_all_kept() {
     require("Redis", REDIS);
     // Slow enough that the captures overlap: without a hold of the payment, a replica would
     // write its own view of it over the other's capture.
-    let sim = Process::mock_psp(&[
-        "--name",
-        "psp",
-        "--success-rate",
-        "1",
-        "--latency",
-        "fixed:40",
-    ])
-    .await;
+    let sim = psp_answering_after(40).await;
     let schema = Schema(unique_name());
     let text = routes(&schema.0, &[("psp", &sim)], "");
     let (a, b) = (Process::gateway(&text).await, Process::gateway(&text).await);
@@ -412,15 +418,7 @@ async fn kill_9_of_a_replica_under_load_loses_nothing_and_the_other_settles_what
     require("PostgreSQL", POSTGRES);
     require("Redis", REDIS);
     // Slow enough that many payments are on their way when the replica dies.
-    let sim = Process::mock_psp(&[
-        "--name",
-        "psp",
-        "--success-rate",
-        "1",
-        "--latency",
-        "fixed:300",
-    ])
-    .await;
+    let sim = psp_answering_after(300).await;
     let schema = Schema(unique_name());
     // A short request timeout: a key the dead replica claimed in Redis but never recorded is
     // held for that long (plus a margin), then free for the merchant's retry.

@@ -147,7 +147,7 @@ async fn admit(
         let store = &gateway.idempotency;
         let begun = match store.begin(scope, hash, Instant::now(), &settings) {
             Begin::LookUp => {
-                let held = Held { gateway, scope };
+                let held = HeldKey { gateway, scope };
                 let begun = store.look_up(scope, hash).await;
                 // Still held when it proceeds; let go by the lookup otherwise.
                 held.hand_on();
@@ -246,7 +246,7 @@ async fn claim_across_replicas(
     } else {
         settings.ttl
     };
-    let held = Held { gateway, scope };
+    let held = HeldKey { gateway, scope };
     let refused = match cluster.claim(scope.as_str(), hash, claim_for).await {
         Ok(Claim::Won) => {
             held.hand_on();
@@ -283,19 +283,19 @@ async fn claim_across_replicas(
 /// A key's record held in flight by a request that has not been handed on to its handler:
 /// freed when dropped, so that a request that goes away meanwhile (its deadline passed, its
 /// connection closed) does not leave its key blocked.
-struct Held<'a> {
+struct HeldKey<'a> {
     gateway: &'a Gateway,
     scope: &'a Scope,
 }
 
-impl Held<'_> {
+impl HeldKey<'_> {
     /// The record goes on with the request (or was let go already): nothing to free.
     fn hand_on(self) {
         std::mem::forget(self);
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for HeldKey<'_> {
     fn drop(&mut self) {
         let settings = self.gateway.snapshot().config.idempotency.clone();
         self.gateway
