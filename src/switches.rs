@@ -12,7 +12,9 @@
 //! - A shared switch is applied only when its version is newer than the last one applied
 //!   here, so messages that arrive late or twice change nothing. The subscription loses what
 //!   is published while it is disconnected: after every (re)subscription the whole record is
-//!   read again, so a replica started or reconnected later has the same drains.
+//!   read again, so a replica started or reconnected later has the same drains. A drain
+//!   applied here that the record has lost altogether (Redis restarted empty) is written
+//!   again, so that replicas started afterwards come up with it too.
 //!
 //! Drained state lives on the channel's live score, kept by name across reloads, so a reload
 //! of routes.toml never undoes a drain, shared or not. Owns the versions applied here and the
@@ -55,8 +57,8 @@ pub struct Switches {
 
 #[derive(Default)]
 struct Book {
-    /// Per channel, the version of the last shared switch applied here.
-    applied: HashMap<String, u64>,
+    /// Per channel, the last shared switch applied here.
+    applied: HashMap<String, Record>,
     /// Switches made here that the record may not hold yet.
     pending: HashMap<String, Pending>,
     /// Per channel, the newest record passed over for a later pending switch: it wins after
@@ -94,7 +96,7 @@ impl Book {
             Some(_) => self.pending.remove(&channel).is_some(),
             None => false,
         };
-        let applied = self.applied.get(&channel).copied().unwrap_or(0);
+        let applied = self.applied.get(&channel).map_or(0, |r| r.version);
         // A record that clears a pending switch is applied even at the version already
         // applied: the pending switch changed the channel since.
         if record.version < applied || (record.version == applied && !cleared) {
@@ -104,8 +106,18 @@ impl Book {
             Some(deferred) if deferred.version > record.version => deferred,
             _ => record,
         };
-        self.applied.insert(channel, record.version);
+        self.applied.insert(channel, record.clone());
         Some(record)
+    }
+
+    /// The drains applied here that the whole record, as just read, no longer has at all:
+    /// Redis lost them (it restarted without keeping its data).
+    fn lost(&self, record: &[Record]) -> Vec<Record> {
+        self.applied
+            .values()
+            .filter(|held| held.drained && !record.iter().any(|r| r.channel == held.channel))
+            .cloned()
+            .collect()
     }
 
     fn pending(&self) -> Vec<(String, Pending)> {
@@ -255,8 +267,19 @@ async fn sync(gateway: &Gateway, cluster: &Cluster) -> Result<(), ClusterError> 
         }
         receive(gateway, cluster, written.record);
     }
-    for record in cluster.read_switches().await? {
-        receive(gateway, cluster, record);
+    let record = cluster.read_switches().await?;
+    let lost = gateway.switches.book().lost(&record);
+    for switch in record {
+        receive(gateway, cluster, switch);
+    }
+    // A drain is never undone by Redis forgetting it: written again, as made then, unless
+    // another replica has written a later switch of the channel meanwhile.
+    for drain in lost {
+        let written = cluster
+            .write_switch(&drain.channel, true, drain.at_ms, Write::IfLatest)
+            .await?;
+        tracing::warn!(channel = %drain.channel, rewritten = written.replaced, "Redis had lost a drain held here: written again");
+        receive(gateway, cluster, written.record);
     }
     Ok(())
 }

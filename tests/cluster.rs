@@ -632,6 +632,56 @@ async fn a_drain_while_redis_is_down_applies_at_once_and_reaches_the_other_repli
 }
 
 #[tokio::test]
+async fn a_drain_redis_lost_in_a_restart_is_written_again_for_replicas_started_later() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let addr = format!("127.0.0.1:{port}");
+    let sim_a = Process::mock_psp(&["--name", "a"]).await;
+    let sim_b = Process::mock_psp(&["--name", "b"]).await;
+    let prefix = prefix();
+    let text = two_channels(&addr, &prefix, "fail_open", "", &sim_a, &sim_b);
+    let one = replica(&text).await;
+    let drained = admin(&one, http::Method::POST, "/admin/channels/a/drain").await;
+    assert_eq!(drained.json["shared"], true, "{}", drained.json);
+
+    // Redis restarts with nothing (it keeps no data on disk): the record of the drain is gone.
+    redis.stop();
+    let _redis = OwnRedis::start(port);
+    let client = redis::Client::open(format!("redis://{addr}")).expect("a Redis URL");
+    let held = || -> Option<String> {
+        let mut connection = client.get_connection().ok()?;
+        redis::cmd("HGET")
+            .arg(format!("{prefix}channels"))
+            .arg("a")
+            .query(&mut connection)
+            .ok()?
+    };
+    // The replica subscribes again, finds the drain missing, and writes it again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        if let Some(record) = held() {
+            break record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost drain was never written again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(record.contains(":drained:"), "{record}");
+    // So a replica started now comes up drained, like the one that drained it.
+    let later = replica(&text).await;
+    assert_eq!(state_of(&later, "a").await, "drained");
+    for gateway in [&one, &later] {
+        assert_eq!(routed_to(gateway).await, "b");
+    }
+    assert_eq!(processed(&sim_a).await, 0);
+}
+
+#[tokio::test]
 async fn a_channel_limit_holds_across_two_replicas() {
     require_redis();
     let sim_a = Process::mock_psp(&["--name", "a"]).await;
