@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail  TEXT
 );
 CREATE INDEX IF NOT EXISTS events_at ON events (at_ms);
+-- Unique per event, so that a batch written again after a lost commit answer adds no event
+-- twice (NULL in events written before the column existed).
+ALTER TABLE events ADD COLUMN IF NOT EXISTS id TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (id);
 
 CREATE TABLE IF NOT EXISTS idempotency (
     scope         TEXT PRIMARY KEY,

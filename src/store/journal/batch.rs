@@ -28,6 +28,9 @@ pub enum Write {
 
 /// A channel event (ejection, drain, enable, reload) for the daily report.
 pub struct Event {
+    /// Unique (a ULID): a batch written again after a commit whose answer was lost (the
+    /// database may have committed it) does not write the event twice.
+    pub id: String,
     pub at_ms: u64,
     pub kind: String,
     pub channel: Option<String>,

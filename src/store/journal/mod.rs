@@ -355,6 +355,7 @@ impl PaymentStore for JournalStore {
 
     fn event(&self, kind: &str, channel: Option<&str>, detail: &str) {
         self.enqueue(Write::Event(Event {
+            id: ulid::Ulid::generate().to_string(),
             at_ms: now_ms(),
             kind: kind.to_string(),
             channel: channel.map(str::to_string),

@@ -124,8 +124,9 @@ WITH payment_rows AS (
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), event_rows AS (
-    INSERT INTO events (at_ms, kind, channel, detail)
-    SELECT * FROM UNNEST($33::int8[], $34::text[], $35::text[], $36::text[])
+    INSERT INTO events (at_ms, kind, channel, detail, id)
+    SELECT * FROM UNNEST($33::int8[], $34::text[], $35::text[], $36::text[], $44::text[])
+    ON CONFLICT (id) DO NOTHING
     RETURNING 1
 ), key_rows AS (
     -- A freed key (expiry 0: gone for every lookup, deleted by the next sweep) replaces only
@@ -202,6 +203,7 @@ impl Writer for PgWriter {
         params.extend(attempts.params());
         params.extend(events.params());
         params.extend(keys.params());
+        params.push(&events.ids);
         client.query_one(&*batch, &params)?;
         Ok(swept)
     }
@@ -356,6 +358,8 @@ struct EventColumns<'a> {
     kinds: Vec<&'a str>,
     channels: Vec<Option<&'a str>>,
     details: Vec<&'a str>,
+    /// Passed last (`$44`): the column came after the others.
+    ids: Vec<&'a str>,
 }
 
 impl<'a> EventColumns<'a> {
@@ -366,6 +370,7 @@ impl<'a> EventColumns<'a> {
             kinds: e().map(|e| e.kind.as_str()).collect(),
             channels: e().map(|e| e.channel.as_deref()).collect(),
             details: e().map(|e| e.detail.as_str()).collect(),
+            ids: e().map(|e| e.id.as_str()).collect(),
         }
     }
 
@@ -735,4 +740,60 @@ fn replica_id() -> &'static str {
             rand::random::<u32>()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::{Event, Write};
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// The machine's PostgreSQL (trust auth), in a schema of the test's own.
+    fn settings() -> Settings {
+        let up = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
+            Duration::from_secs(1),
+        )
+        .is_ok();
+        assert!(
+            up,
+            "PostgreSQL is not running on 127.0.0.1:5432: .ci/run starts it"
+        );
+        Settings {
+            url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            schema: format!("unit_{}_{}", std::process::id(), crate::store::now_ms()),
+            readers: 1,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_batch_written_again_after_a_lost_commit_answer_adds_its_events_once() {
+        let settings = settings();
+        let config = config(&settings).unwrap();
+        let mut client = connect(&config, &settings).unwrap();
+        create_schema(&mut client, &settings.schema).unwrap();
+        let mut writer = PgWriter::new(client, config.clone(), settings.clone()).unwrap();
+        let batch = [Write::Event(Event {
+            id: "01JEVENT".into(),
+            at_ms: 1,
+            kind: "drain".into(),
+            channel: Some("a".into()),
+            detail: "by an operator".into(),
+        })];
+        let memory = MemoryStore::new();
+        let rows = Rows::gather(&batch, &memory).unwrap();
+        writer.commit(&rows).unwrap();
+        // The writer retries a batch whose commit it cannot confirm: the same rows again.
+        writer.commit(&rows).unwrap();
+        let mut check = connect(&config, &settings).unwrap();
+        let events: i64 = check
+            .query_one("SELECT COUNT(*) FROM events", &[])
+            .unwrap()
+            .get(0);
+        check
+            .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", settings.schema))
+            .unwrap();
+        assert_eq!(events, 1);
+    }
 }
