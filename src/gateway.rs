@@ -281,6 +281,20 @@ fn summarize(old: &Config, new: &Config) -> Vec<String> {
         changes
             .push("[server] settings changed (listen addresses and TLS apply at restart)".into());
     }
+    // The connections to Redis and to the journal are opened at start.
+    let shared_at = |c: &Config| {
+        c.cluster
+            .as_ref()
+            .map(|c| (c.redis_url.clone(), c.key_prefix.clone(), c.timeout))
+    };
+    if shared_at(old) != shared_at(new) {
+        changes.push(
+            "[cluster] redis_url, key_prefix or timeout_ms changed (they apply at restart)".into(),
+        );
+    }
+    if old.journal != new.journal {
+        changes.push("[journal] settings changed (they apply at restart)".into());
+    }
     if changes.is_empty() {
         changes.push("no effective change (comments or formatting)".into());
     }

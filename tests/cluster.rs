@@ -682,6 +682,28 @@ async fn a_drain_redis_lost_in_a_restart_is_written_again_for_replicas_started_l
 }
 
 #[tokio::test]
+async fn a_reload_names_the_cluster_settings_that_wait_for_a_restart() {
+    require_redis();
+    let sim_a = Process::mock_psp(&["--name", "a"]).await;
+    let sim_b = Process::mock_psp(&["--name", "b"]).await;
+    let text = two_channels(REDIS, &prefix(), "fail_open", "", &sim_a, &sim_b);
+    let gateway = replica(&text).await;
+    let slower = text.replace("timeout_ms = 200", "timeout_ms = 300");
+    assert_ne!(slower, text);
+    std::fs::write(&gateway.routes, slower).expect("routes file");
+    let reloaded = admin(&gateway, http::Method::POST, "/admin/reload").await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.json);
+    assert_eq!(
+        reloaded.json["changes"],
+        serde_json::json!([
+            "[cluster] redis_url, key_prefix or timeout_ms changed (they apply at restart)"
+        ])
+    );
+    // Still sharing through the connection it opened at start.
+    assert_eq!(routed_to(&gateway).await, "a");
+}
+
+#[tokio::test]
 async fn a_channel_limit_holds_across_two_replicas() {
     require_redis();
     let sim_a = Process::mock_psp(&["--name", "a"]).await;
