@@ -110,7 +110,7 @@ fn run<E: std::fmt::Display>(task: impl Future<Output = Result<(), E>>) -> ExitC
     }
 }
 
-/// Logs go to stderr (stdout carries the listening line); `RUST_LOG` filters,
+/// Logs go to stderr (stdout carries the listening line), coloured only on a terminal; `RUST_LOG` filters,
 /// `PAYGATE_LOG_FORMAT=json` switches to JSON lines. A writer thread takes the lines off the
 /// request path and writes them in batches; it never drops a line (a request waits when it is
 /// far behind).
@@ -121,8 +121,10 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::new(std::io::stderr()));
+    // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     if std::env::var("PAYGATE_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
