@@ -137,6 +137,18 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
+    fn on_a_free_port() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Self::start(port)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     fn start(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
@@ -197,12 +209,8 @@ async fn statuses(gateway: &Process, n: usize) -> Vec<u16> {
 
 #[tokio::test]
 async fn redis_stopped_mid_run_fails_open_or_closed_as_configured_and_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut redis = OwnRedis::start(port);
-    let addr = format!("127.0.0.1:{}", redis.port);
+    let mut redis = OwnRedis::on_a_free_port();
+    let (port, addr) = (redis.port, redis.addr());
     let sim = Process::mock_psp(&["--name", "a", "--success-rate", "1"]).await;
     let open = Process::gateway(&routes(&addr, &prefix(), "fail_open", 1, 2, &sim)).await;
     let closed = Process::gateway(&routes(&addr, &prefix(), "fail_closed", 1, 2, &sim)).await;
@@ -571,12 +579,8 @@ async fn a_replica_started_after_a_drain_comes_up_with_it_drained() {
 #[tokio::test]
 async fn a_drain_while_redis_is_down_applies_at_once_and_reaches_the_other_replica_once_redis_is_back()
  {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut redis = OwnRedis::start(port);
-    let addr = format!("127.0.0.1:{port}");
+    let mut redis = OwnRedis::on_a_free_port();
+    let (port, addr) = (redis.port, redis.addr());
     let sim_a = Process::mock_psp(&["--name", "a"]).await;
     let sim_b = Process::mock_psp(&["--name", "b"]).await;
     let text = two_channels(&addr, &prefix(), "fail_open", "", &sim_a, &sim_b);
@@ -633,12 +637,8 @@ async fn a_drain_while_redis_is_down_applies_at_once_and_reaches_the_other_repli
 
 #[tokio::test]
 async fn a_drain_redis_lost_in_a_restart_is_written_again_for_replicas_started_later() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut redis = OwnRedis::start(port);
-    let addr = format!("127.0.0.1:{port}");
+    let mut redis = OwnRedis::on_a_free_port();
+    let (port, addr) = (redis.port, redis.addr());
     let sim_a = Process::mock_psp(&["--name", "a"]).await;
     let sim_b = Process::mock_psp(&["--name", "b"]).await;
     let prefix = prefix();
@@ -750,12 +750,8 @@ async fn a_channel_limit_holds_across_two_replicas() {
 
 #[tokio::test]
 async fn without_redis_a_channel_limit_falls_back_to_the_replica_s_bucket_or_skips_the_channel() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut redis = OwnRedis::start(port);
-    let addr = format!("127.0.0.1:{port}");
+    let mut redis = OwnRedis::on_a_free_port();
+    let addr = redis.addr();
     let sim_a = Process::mock_psp(&["--name", "a"]).await;
     let sim_b = Process::mock_psp(&["--name", "b"]).await;
     let limit = "rate_limit = { per_second = 1, burst = 2 }";

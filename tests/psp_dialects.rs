@@ -240,6 +240,17 @@ async fn notify_adyen(gateway: &Process, item: Value) -> StatusCode {
         .status
 }
 
+/// Stripe's event that the authorization of `pi_1` (paygate's payment `id`) can be captured.
+fn capturable_event(id: &str) -> String {
+    json!({
+    "id": "evt_1", "object": "event", "type": "payment_intent.amount_capturable_updated",
+    "data": { "object": { "id": "pi_1", "object": "payment_intent", "status": "requires_capture",
+        "amount": 2000, "amount_capturable": 2000, "currency": "eur",
+        "metadata": { "paygate_id": id } } }
+})
+.to_string()
+}
+
 fn stripe_script(n: usize, seen: &Seen) -> (u16, String) {
     match (n, seen.path.as_str()) {
         (_, "/v1/payment_methods") => (200, r#"{"id":"pm_1","object":"payment_method"}"#.into()),
@@ -300,13 +311,7 @@ async fn stripe_requests_are_form_encoded_keyed_and_a_signed_event_settles_the_p
     );
 
     // The PSP's event settles it; unsigned, tampered and stale copies change nothing.
-    let event = json!({
-        "id": "evt_1", "object": "event", "type": "payment_intent.amount_capturable_updated",
-        "data": { "object": { "id": "pi_1", "object": "payment_intent", "status": "requires_capture",
-            "amount": 2000, "amount_capturable": 2000, "currency": "eur",
-            "metadata": { "paygate_id": id } } }
-    })
-    .to_string();
+    let event = capturable_event(&id);
     let now = unix_now();
     let unsigned = post_webhook(&gateway, "stripe_eu", &[], &event).await;
     assert_eq!(unsigned.status, StatusCode::UNAUTHORIZED);
@@ -771,4 +776,89 @@ async fn a_payment_a_stripe_channel_cannot_build_is_never_sent_and_the_gateway_s
         pay(&gateway, &card_payment(700, "EUR")).await.status,
         StatusCode::ACCEPTED
     );
+}
+
+/// Runs `query` on the machine's PostgreSQL (trust auth) in `schema`, off the runtime.
+fn postgres(schema: &str, query: &str) {
+    let (schema, query) = (schema.to_string(), query.to_string());
+    std::thread::spawn(move || {
+        let url = "postgres://postgres@127.0.0.1:5432/test";
+        let mut client = postgres::Client::connect(url, postgres::NoTls).expect("PostgreSQL");
+        client
+            .batch_execute(&format!("SET search_path TO {schema}; {query}"))
+            .expect("query");
+    })
+    .join()
+    .expect("the query thread");
+}
+
+#[tokio::test]
+async fn with_a_shared_journal_a_webhook_for_a_payment_another_replica_holds_is_refused_for_redelivery()
+ {
+    let up = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
+        std::time::Duration::from_secs(1),
+    )
+    .is_ok();
+    assert!(
+        up,
+        "PostgreSQL is not running on 127.0.0.1:5432: .ci/run starts it"
+    );
+    let schema = format!("dialects_{}_{}", std::process::id(), unix_now());
+    struct Dropped(String);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            postgres(
+                "public",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
+            );
+        }
+    }
+    let _dropped = Dropped(schema.clone());
+    let (url, stripe) = scripted_psp(stripe_script).await;
+    let journal = format!(
+        "\n[journal]\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\nschema = \"{schema}\"\n"
+    );
+    let channels = format!("{journal}{}", stripe_channel("stripe_eu", &url, ""));
+    let gateway = start_gateway(&channels, "\"stripe_eu\"").await;
+    let answer = pay(&gateway, &card_payment(2000, "EUR")).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.json);
+    let id = answer.json["id"].as_str().expect("an id").to_string();
+    // Another replica holds the payment (it is changing it) for a minute.
+    postgres(
+        &schema,
+        &format!(
+            "INSERT INTO leases (payment_id, owner, until_ms) VALUES ('{id}', 'another-replica',
+             (extract(epoch FROM clock_timestamp()) * 1000)::int8 + 60000)"
+        ),
+    );
+    let event = capturable_event(&id);
+    let signature = stripe_signature(unix_now(), &event);
+    let signed = [("stripe-signature", signature.as_str())];
+    let refused = post_webhook(&gateway, "stripe_eu", &signed, &event).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.error_type(), "overloaded");
+    assert_eq!(
+        get_payment(&gateway, KEY, &id).await.json["status"],
+        "pending"
+    );
+    // Delivered again once the other replica let go: settled, and the lease given back.
+    postgres(
+        &schema,
+        &format!("DELETE FROM leases WHERE payment_id = '{id}'"),
+    );
+    let settled = post_webhook(&gateway, "stripe_eu", &signed, &event).await;
+    assert_eq!(settled.status, StatusCode::OK, "{}", settled.json);
+    assert_eq!(settled.json, json!({ "settled": 1, "unchanged": 0 }));
+    assert_eq!(
+        get_payment(&gateway, KEY, &id).await.json["status"],
+        "succeeded"
+    );
+    // Nothing was sent to the PSP by the webhooks.
+    assert_eq!(seen(&stripe).len(), 2);
 }
