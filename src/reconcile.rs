@@ -30,7 +30,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 
 use crate::gateway::Gateway;
-use crate::store::{Outcome, Payment, PaymentStatus, now_ms};
+use crate::store::{Held, Outcome, Payment, PaymentStatus, now_ms};
 use crate::upstream::{Call, CallContext, Lookup};
 
 /// Deliveries of one webhook at most, 1 s, 2 s, 4 s ... apart.
@@ -81,22 +81,19 @@ pub async fn reconcile_forever(gateway: Arc<Gateway>) {
                 continue;
             }
             // With a journal shared by replicas, one of them asks about a payment at a time.
-            if !gateway.store.hold(&item.payment.id, LEASE) {
+            let Ok(Some(held)) = Held::take(&gateway.store, &item.payment.id, LEASE) else {
                 continue;
-            }
+            };
             while queries.len() >= MAX_CONCURRENT_QUERIES {
                 queries.join_next().await;
             }
             let gateway = gateway.clone();
-            let id = item.payment.id.clone();
             queries.spawn(async move {
+                let _held = held;
                 match item.operation {
-                    None => reconcile(gateway.clone(), item.payment, age).await,
-                    Some(operation) => {
-                        reconcile_operation(gateway.clone(), item.payment, operation).await
-                    }
+                    None => reconcile(gateway, item.payment, age).await,
+                    Some(operation) => reconcile_operation(gateway, item.payment, operation).await,
                 }
-                gateway.store.let_go(&id);
             });
         }
         while queries.join_next().await.is_some() {}

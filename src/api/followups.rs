@@ -65,7 +65,7 @@ pub async fn follow_up(
     // Held until the outcome is committed (the end of this function): meanwhile no other
     // replica changes the payment, and this one reads it as the journal holds it.
     let lease = snapshot.config.server.request_timeout + super::HOLD_MARGIN;
-    let _held = super::hold(store.as_ref(), id, lease, scope.deadline).await?;
+    let _held = super::hold(store, id, lease, scope.deadline).await?;
     let mut reserved = Err(ApiError::NotFound(format!("no payment {id}")));
     let found = store.update(id, &mut |payment| {
         reserved = if *payment.merchant == *scope.merchant {

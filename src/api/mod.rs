@@ -27,7 +27,7 @@ use crate::gateway::Gateway;
 use crate::layers::{
     AuthenticatedMerchant, Deadline, HttpResponse, KeyScope, RequestId, ResponseFuture,
 };
-use crate::store::{FollowUpKind, PaymentStore, StoreError, now_ms};
+use crate::store::{FollowUpKind, Held, PaymentStore, StoreError, now_ms};
 
 /// The merchant API as a tower service, behind the layers.
 #[derive(Clone)]
@@ -261,34 +261,22 @@ pub(crate) const HOLD_MARGIN: Duration = Duration::from_secs(5);
 pub(crate) const HOLD_WAIT: Duration = Duration::from_secs(2);
 const HOLD_POLL: Duration = Duration::from_millis(20);
 
-/// A payment held by this request (`PaymentStore::hold`), let go when dropped: after the
-/// request's changes are committed, as long as it is kept.
-pub(crate) struct Held<'a> {
-    store: &'a dyn PaymentStore,
-    id: String,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.store.let_go(&self.id);
-    }
-}
-
 /// Holds the payment, waiting (`HOLD_WAIT` at most, and never past `deadline`) while another
-/// replica changes it; 503 with nothing changed or sent if it still does.
-pub(crate) async fn hold<'a>(
-    store: &'a dyn PaymentStore,
+/// replica changes it; 503 with nothing changed or sent if it still does, or if the journal
+/// cannot say.
+pub(crate) async fn hold(
+    store: &Arc<dyn PaymentStore>,
     id: &str,
     lease: Duration,
     deadline: Instant,
-) -> Result<Held<'a>, ApiError> {
+) -> Result<Held, ApiError> {
     let until = (Instant::now() + HOLD_WAIT).min(deadline);
     loop {
-        if store.hold(id, lease) {
-            return Ok(Held {
-                store,
-                id: id.to_string(),
-            });
+        let taken = Held::take(store, id, lease).map_err(|error| {
+            ApiError::Overloaded(format!("{error}; nothing was sent, retry shortly"))
+        })?;
+        if let Some(held) = taken {
+            return Ok(held);
         }
         if Instant::now() + HOLD_POLL > until {
             return Err(ApiError::Overloaded(format!(

@@ -120,7 +120,7 @@ async fn settle(
     let decline_code = raw_code.map(|raw| declines.normalize(raw));
     let store = &gateway.store;
     let lease = gateway.snapshot().config.server.request_timeout + super::HOLD_MARGIN;
-    let hold = |id| super::hold(store.as_ref(), id, lease, Instant::now() + super::HOLD_WAIT);
+    let hold = |id| super::hold(store, id, lease, Instant::now() + super::HOLD_WAIT);
     // Kept until the settlement is committed, at the end.
     let mut _held = None;
     let mut settled = None;

@@ -261,16 +261,44 @@ pub trait PaymentStore: Send + Sync + 'static {
     /// Takes (or joins this replica's hold of) the right to change `payment_id` for `for`:
     /// with a journal several replicas write, one replica at a time asks a PSP about a
     /// payment or changes it, each from the payment as the journal holds it, so that no
-    /// replica's write undoes another's. False while another replica holds it. A store only
-    /// one process writes always grants it. Each grant is ended by `let_go`.
-    fn hold(&self, _payment_id: &str, _for: std::time::Duration) -> bool {
-        true
+    /// replica's write undoes another's. False while another replica holds it; Err when the
+    /// journal cannot say. A store only one process writes always grants it. Each grant is
+    /// ended by `let_go` (see [`Held`]).
+    fn hold(&self, _payment_id: &str, _for: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
     }
     /// One use that `hold` granted is over (its changes committed): the last of this
     /// replica's lets the payment go to the other replicas.
     fn let_go(&self, _payment_id: &str) {}
     /// A channel event (ejection, drain, enable, reload) for the daily report.
     fn event(&self, _kind: &str, _channel: Option<&str>, _detail: &str) {}
+}
+
+/// A payment this replica holds (`PaymentStore::hold`), let go when dropped: however the
+/// work that holds it ends, a panic included.
+pub struct Held {
+    store: std::sync::Arc<dyn PaymentStore>,
+    id: String,
+}
+
+impl Held {
+    /// Holds `id` for `for`; None while another replica holds it.
+    pub fn take(
+        store: &std::sync::Arc<dyn PaymentStore>,
+        id: &str,
+        r#for: std::time::Duration,
+    ) -> Result<Option<Self>, StoreError> {
+        Ok(store.hold(id, r#for)?.then(|| Self {
+            store: store.clone(),
+            id: id.to_string(),
+        }))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.store.let_go(&self.id);
+    }
 }
 
 /// Milliseconds since the Unix epoch, for record timestamps.

@@ -316,24 +316,22 @@ impl PaymentStore for JournalStore {
 
     /// The lease is taken or renewed, and counted, under one lock, so that a `let_go` of
     /// another use cannot release it in between.
-    fn hold(&self, payment_id: &str, r#for: Duration) -> bool {
+    fn hold(&self, payment_id: &str, r#for: Duration) -> Result<bool, StoreError> {
         if !self.shared {
-            return true;
+            return Ok(true);
         }
-        let Ok(mut held) = self.held.lock() else {
-            return false;
-        };
-        match self.reader.lease(payment_id, r#for) {
-            Ok(true) => {
-                *held.entry(payment_id.to_string()).or_insert(0) += 1;
-                true
-            }
-            Ok(false) => false,
-            Err(error) => {
-                tracing::warn!(payment = payment_id, %error, "cannot take the payment's lease");
-                false
-            }
+        let mut held = self
+            .held
+            .lock()
+            .map_err(|_| StoreError::Unavailable("lease book poisoned".into()))?;
+        let taken = self.reader.lease(payment_id, r#for).map_err(|error| {
+            tracing::warn!(payment = payment_id, %error, "cannot take the payment's lease");
+            StoreError::Unavailable(format!("cannot take the payment's lease: {error}"))
+        })?;
+        if taken {
+            *held.entry(payment_id.to_string()).or_insert(0) += 1;
         }
+        Ok(taken)
     }
 
     fn let_go(&self, payment_id: &str) {

@@ -403,22 +403,19 @@ impl<'a> KeyColumns<'a> {
             targets: Vec::with_capacity(n),
         };
         for (scope, change) in &rows.keys {
-            let (hash, answer, expiry, target) = match change {
-                Some(record) => match &record.kept {
-                    Kept::Answer(answer) => (
-                        &record.request_hash[..],
-                        Some(answer),
-                        record.expires_at_ms,
-                        None,
-                    ),
-                    Kept::Made(target) => (
-                        &record.request_hash[..],
-                        None,
-                        record.expires_at_ms,
-                        Some(target.as_str()),
-                    ),
-                },
-                None => (&[][..], None, 0, None),
+            // A freed key is an empty record that has expired.
+            let (hash, expiry, kept) = match change {
+                Some(record) => (
+                    &record.request_hash[..],
+                    record.expires_at_ms,
+                    Some(&record.kept),
+                ),
+                None => (&[][..], 0, None),
+            };
+            let (answer, target) = match kept {
+                Some(Kept::Answer(answer)) => (Some(answer), None),
+                Some(Kept::Made(target)) => (None, Some(target.as_str())),
+                None => (None, None),
             };
             columns.scopes.push(scope.as_str());
             columns.hashes.push(hash);
@@ -478,13 +475,16 @@ impl ReaderConnection {
             in_doubt: client.prepare(
                 "SELECT record FROM payments WHERE in_doubt ORDER BY created_at_ms LIMIT $1",
             )?,
-            // Taken, or kept by its owner, or taken over once expired; on the database's clock.
+            // Taken, or kept by its owner (never shortened: another use of this replica may
+            // need it longer), or taken over once expired; on the database's clock.
             lease: client.prepare(
                 "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS ms)
                  INSERT INTO leases (payment_id, owner, until_ms)
                  SELECT $1, $2, now.ms + $3 FROM now
                  ON CONFLICT (payment_id) DO UPDATE SET owner = excluded.owner,
-                    until_ms = excluded.until_ms
+                    until_ms = CASE WHEN leases.owner = excluded.owner
+                        THEN GREATEST(leases.until_ms, excluded.until_ms)
+                        ELSE excluded.until_ms END
                  WHERE leases.owner = excluded.owner
                     OR leases.until_ms <= (SELECT ms FROM now)
                  RETURNING owner",
