@@ -195,17 +195,11 @@ fn write_payment(
     if reconciled {
         status = "succeeded";
     }
-    let record = format!(
-        "{{\"id\":\"{id}\",\"merchant\":\"{merchant}\",\"status\":\"{status}\",\"amount\":{amount},\
-         \"currency\":\"{currency}\",\"method\":\"card\",\"country\":\"DE\",\"reference\":\"order-{at}\",\
-         \"card\":{{\"bin\":\"411111\",\"last4\":\"1111\",\"exp_month\":null}},\"attempts\":{}}}",
-        list.len()
-    );
     connection
         .prepare_cached(
             "INSERT INTO payments (id, merchant, amount, currency, method, country, status, channel,
                 psp_reference, decline_code, card_bin, card_last4, reconciled, created_at_ms,
-                updated_at_ms, record)
+                updated_at_ms, reference)
              VALUES (?1, ?2, ?3, ?4, 'card', 'DE', ?5, ?6, ?7, ?8, '411111', '1111', ?9, ?10, ?10, ?11)",
         )?
         .execute(params![
@@ -219,7 +213,7 @@ fn write_payment(
             last.decline,
             reconciled,
             at,
-            record
+            format!("order-{at}")
         ])?;
     let mut attempt_row = connection.prepare_cached(
         "INSERT INTO attempts (payment_id, number, merchant, channel, outcome, decline_code,

@@ -57,14 +57,14 @@ fn write_journal(path: &Path, payments: &[Payment], events: &[Event]) {
     connection.execute_batch(SCHEMA).expect("schema");
     let transaction = connection.transaction().expect("transaction");
     for p in payments {
-        // The record holds the full card number on purpose: a report must never read it.
+        // A JSON column holds the full card number on purpose: a report must never read it.
         let record = format!("{{\"id\":\"{}\",\"card\":{{\"number\":\"{CARD}\"}}}}", p.id);
         let last = p.attempts.last().expect("an attempt");
         transaction
             .execute(
                 "INSERT INTO payments (id, merchant, amount, currency, method, country, status,
                     channel, psp_reference, decline_code, card_bin, card_last4, reconciled,
-                    created_at_ms, updated_at_ms, record)
+                    created_at_ms, updated_at_ms, next_action)
                  VALUES (?1, ?2, ?3, ?4, 'card', 'DE', ?5, ?6, ?7, ?8, '411111', '1111', ?9,
                     ?10, ?10, ?11)",
                 params![

@@ -5,7 +5,7 @@
 //! aggregation happens in SQL over the day's rows (found through the `payments_created`
 //! index); what reaches Rust is one row per group, never one row per payment, so memory stays
 //! bounded by the number of channels, merchants and distinct latencies, not by traffic. The
-//! card columns and the `record` JSON are never selected.
+//! card columns and the JSON columns are never selected.
 //!
 //! All queries run in one read transaction, so they see one consistent snapshot.
 //!

@@ -5,7 +5,7 @@
 //! file with the gateway's own schema, and the SQLite report (`journal.rs`) runs on that: one
 //! set of queries for both backends, so the two reports cannot drift apart. Rows are streamed,
 //! never all held in memory; the scratch file is deleted when the report is read. The card
-//! columns and the payment records are never selected.
+//! columns and the payment records (JSON) are never selected.
 
 use std::path::{Path, PathBuf};
 
@@ -95,8 +95,8 @@ fn copy(client: &mut Client, schema: &str, day: Day, into: &Path) -> Result<(), 
          FROM payments WHERE created_at_ms >= $1 AND created_at_ms < $2",
         "INSERT INTO payments (id, merchant, amount, currency, method, country, status,
             channel, captured_amount, refunded_amount, reconciled, in_doubt, created_at_ms,
-            updated_at_ms, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, '{}')",
+            updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         &[
             Text, Text, Int, Text, Text, OptText, Text, OptText, Int, Int, Bool, Bool, Int, Int,
         ],

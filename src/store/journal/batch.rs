@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::super::idempotency::Scope;
 use super::super::keys::KeyRecord;
-use super::super::{MemoryStore, Payment, PaymentStatus, StoreError};
+use super::super::{MemoryStore, Outcome, Payment, PaymentStatus, StoreError};
 
 /// What the request path hands the writer.
 pub enum Write {
@@ -37,17 +37,11 @@ pub struct Event {
     pub detail: String,
 }
 
-/// A payment as it is written: the record and the columns the report reads.
-pub struct PaymentRow {
-    pub payment: Payment,
-    /// The whole payment as JSON (masked card at most).
-    pub record: String,
-}
-
 /// A batch as rows, in the order the tables are written.
 #[derive(Default)]
 pub struct Rows<'a> {
-    pub payments: Vec<PaymentRow>,
+    /// Each payment once, at its latest state.
+    pub payments: Vec<Payment>,
     pub events: Vec<&'a Event>,
     /// Each key's last change in the batch: a record to keep, or None to free it.
     pub keys: Vec<(&'a Scope, Option<&'a KeyRecord>)>,
@@ -58,7 +52,7 @@ pub struct Rows<'a> {
 impl<'a> Rows<'a> {
     /// Reads the batch's payments from memory (those not yet committed at their latest
     /// version) and keeps the last change of each key.
-    pub fn gather(batch: &'a [Write], memory: &MemoryStore) -> Result<Self, serde_json::Error> {
+    pub fn gather(batch: &'a [Write], memory: &MemoryStore) -> Self {
         let mut rows = Rows::default();
         let mut seen = std::collections::HashSet::new();
         let mut keys: HashMap<&Scope, usize> = HashMap::new();
@@ -69,8 +63,7 @@ impl<'a> Rows<'a> {
                         continue;
                     }
                     if let Some(payment) = memory.unjournaled(id) {
-                        let record = serde_json::to_string(&payment)?;
-                        rows.payments.push(PaymentRow { payment, record });
+                        rows.payments.push(payment);
                     }
                 }
                 Write::Event(event) => rows.events.push(event),
@@ -82,7 +75,7 @@ impl<'a> Rows<'a> {
                 Write::Barrier(_) => {}
             }
         }
-        Ok(rows)
+        rows
     }
 
     fn key(
@@ -104,11 +97,12 @@ impl<'a> Rows<'a> {
     pub fn written(&self) -> Vec<(String, u64)> {
         self.payments
             .iter()
-            .map(|row| (row.payment.id.clone(), row.payment.version))
+            .map(|p| (p.id.clone(), p.version))
             .collect()
     }
 }
 
+/// As the journal spells a payment's status (the contract's values).
 pub fn status_text(status: PaymentStatus) -> &'static str {
     match status {
         PaymentStatus::Succeeded => "succeeded",
@@ -116,6 +110,32 @@ pub fn status_text(status: PaymentStatus) -> &'static str {
         PaymentStatus::Pending => "pending",
         PaymentStatus::Failed => "failed",
     }
+}
+
+/// The status `status_text` spelled, if it is one.
+pub fn status_of(text: &str) -> Option<PaymentStatus> {
+    [
+        PaymentStatus::Succeeded,
+        PaymentStatus::Declined,
+        PaymentStatus::Pending,
+        PaymentStatus::Failed,
+    ]
+    .into_iter()
+    .find(|status| status_text(*status) == text)
+}
+
+/// The attempt outcome `Outcome::as_str` spelled, if it is one.
+pub fn outcome_of(text: &str) -> Option<Outcome> {
+    [
+        Outcome::Succeeded,
+        Outcome::Declined,
+        Outcome::Pending,
+        Outcome::Unavailable,
+        Outcome::Error,
+        Outcome::Timeout,
+    ]
+    .into_iter()
+    .find(|outcome| outcome.as_str() == text)
 }
 
 #[cfg(test)]
@@ -145,7 +165,7 @@ mod tests {
             Write::Payment("pay_unknown".into()),
             Write::Payment("pay_unknown".into()),
         ];
-        let rows = Rows::gather(&batch, &memory).unwrap();
+        let rows = Rows::gather(&batch, &memory);
         let keys: Vec<(&Scope, Option<&Kept>)> = rows
             .keys
             .iter()
@@ -168,7 +188,7 @@ mod tests {
             Write::Key(a.clone(), record("pay_1")),
             Write::FreeKey(a.clone()),
         ];
-        let rows = Rows::gather(&freed, &memory).unwrap();
+        let rows = Rows::gather(&freed, &memory);
         assert!(matches!(rows.keys.as_slice(), [(scope, None)] if *scope == &a));
     }
 }

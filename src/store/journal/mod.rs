@@ -86,10 +86,10 @@ type KeyLookup = Pin<Box<dyn Future<Output = Result<Option<KeyRecord>, DbError>>
 
 /// The readers' side of a backend.
 trait Reader: Send + Sync {
-    /// A payment's stored record (JSON).
-    fn record(&self, id: &str) -> Result<Option<String>, DbError>;
-    /// The records of payments in doubt.
-    fn in_doubt(&self) -> Result<Vec<String>, DbError>;
+    /// A payment as the journal holds it.
+    fn payment(&self, id: &str) -> Result<Option<Payment>, DbError>;
+    /// The payments in doubt.
+    fn in_doubt(&self) -> Result<Vec<Payment>, DbError>;
     /// A key's committed record (the future may not run on the caller's thread).
     fn look_up(&self, scope: &str) -> KeyLookup;
     /// Takes (or renews) the right to change `payment_id` for `for`: false while another
@@ -215,11 +215,10 @@ impl JournalStore {
 
     /// The payment as the journal holds it; Err when the journal cannot be read now.
     fn read(&self, id: &str) -> Result<Option<Payment>, StoreError> {
-        let record = self.reader.record(id).map_err(|error| {
+        self.reader.payment(id).map_err(|error| {
             tracing::error!(payment = id, %error, "cannot read the payment from the journal");
             StoreError::Unavailable(format!("cannot be read now ({error})"))
-        })?;
-        Ok(record.and_then(|r| serde_json::from_str(&r).ok()))
+        })
     }
 
     /// With a shared journal, a copy in memory that is committed and no longer moving may be
@@ -297,20 +296,16 @@ impl PaymentStore for JournalStore {
 
     fn pending(&self) -> Vec<Payment> {
         let mut pending = self.memory.pending();
-        let records = match self.reader.in_doubt() {
-            Ok(records) => records,
+        let journaled = match self.reader.in_doubt() {
+            Ok(journaled) => journaled,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the payments in doubt from the journal");
                 return pending;
             }
         };
-        for record in records {
-            if let Ok(payment) = serde_json::from_str::<Payment>(&record)
-                && !pending.iter().any(|p| p.id == payment.id)
-            {
-                pending.push(payment);
-            }
-        }
+        let in_memory: std::collections::HashSet<String> =
+            pending.iter().map(|p| p.id.clone()).collect();
+        pending.extend(journaled.into_iter().filter(|p| !in_memory.contains(&p.id)));
         pending
     }
 
@@ -478,9 +473,8 @@ fn write_forever(mut writer: Box<dyn Writer>, receiver: mpsc::Receiver<Write>, s
             }
         }
         let (written, swept) = loop {
-            let committed = Rows::gather(&batch, &memory)
-                .map_err(DbError::from)
-                .and_then(|rows| Ok((rows.written(), writer.commit(&rows)?)));
+            let rows = Rows::gather(&batch, &memory);
+            let committed = writer.commit(&rows).map(|swept| (rows.written(), swept));
             match committed {
                 Ok(committed) => {
                     healthy.store(true, Ordering::Release);
@@ -550,7 +544,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::store::{Attempt, Outcome, PaymentStatus};
+    use crate::store::{Attempt, FollowUp, FollowUpKind, MaskedCard, Outcome, PaymentStatus};
 
     fn payment(id: &str) -> Payment {
         Payment {
@@ -638,6 +632,130 @@ mod tests {
             )
             .unwrap();
         assert_eq!(attempts, 1);
+    }
+
+    /// A payment with every field set, nested parts included.
+    fn full_payment(id: &str) -> Payment {
+        let mut p = payment(id);
+        p.status = PaymentStatus::Succeeded;
+        p.reference = Some("order-7".into());
+        p.channel = Some("b".into());
+        p.psp_reference = Some("b-9".into());
+        p.card = MaskedCard::from_number("4111111111111111");
+        p.next_action =
+            Some(serde_json::json!({"type": "redirect", "url": "https://acs.test/3ds"}));
+        p.captured_amount = 1_999;
+        p.refunded_amount = 500;
+        p.capture = true;
+        p.in_doubt_until_ms = Some(9_000);
+        let attempt = |channel: &str, outcome, psp_code: Option<&str>| Attempt {
+            channel: channel.into(),
+            outcome,
+            latency_ms: 12,
+            psp_reference: Some(format!("{channel}-9")),
+            decline_code: psp_code.map(|_| "do_not_honor".into()),
+            psp_code: psp_code.map(str::to_string),
+            at_ms: 3_000,
+        };
+        p.attempts = vec![
+            attempt("a", Outcome::Declined, Some("05")),
+            attempt("b", Outcome::Succeeded, None),
+        ];
+        p.operations = vec![FollowUp {
+            id: "ref_1".into(),
+            payment_id: id.into(),
+            kind: FollowUpKind::Refund,
+            status: PaymentStatus::Pending,
+            amount: 500,
+            channel: "b".into(),
+            psp_reference: None,
+            decline_code: None,
+            in_doubt_until_ms: Some(8_000),
+        }];
+        p
+    }
+
+    fn as_json(payment: &Payment) -> serde_json::Value {
+        serde_json::to_value(payment).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_field_of_a_payment_is_read_back_as_written() {
+        let dir = scratch();
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        let written = full_payment("pay_full");
+        store.insert(written.clone()).unwrap();
+        store.durable("pay_full").await.unwrap();
+        drop(store);
+        let reopened = JournalStore::open(&settings(&dir)).unwrap();
+        let back = reopened.get("pay_full").expect("read from the journal");
+        assert_eq!(as_json(&back), as_json(&written));
+        let in_doubt: Vec<String> = reopened.pending().into_iter().map(|p| p.id).collect();
+        assert_eq!(in_doubt, vec!["pay_full"], "its refund is pending");
+    }
+
+    #[tokio::test]
+    async fn a_journal_of_the_json_form_is_upgraded_with_nothing_lost() {
+        let dir = scratch();
+        let path = dir.join("journal.db");
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(include_str!("v1.sql")).unwrap();
+        let payments = [full_payment("pay_old1"), payment("pay_old2")];
+        for p in &payments {
+            old.execute(
+                "INSERT INTO payments (id, merchant, amount, currency, method, status,
+                    created_at_ms, updated_at_ms, record, in_doubt)
+                 VALUES (?1, 'm', ?2, 'EUR', 'card', 'succeeded', ?3, 5000, ?4, ?5)",
+                rusqlite::params![
+                    p.id,
+                    p.amount as i64,
+                    p.created_at_ms as i64,
+                    serde_json::to_string(p).unwrap(),
+                    p.in_doubt()
+                ],
+            )
+            .unwrap();
+        }
+        old.execute(
+            "INSERT INTO attempts (payment_id, number, merchant, channel, outcome, latency_ms,
+                amount, currency, method, failover, at_ms)
+             VALUES ('pay_old1', 1, 'm', 'a', 'declined', 12, 1999, 'EUR', 'card', 0, 3000)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+
+        let store = JournalStore::open(&settings(&dir)).unwrap();
+        for p in &payments {
+            let back = store.get(&p.id).expect("kept by the upgrade");
+            assert_eq!(as_json(&back), as_json(p));
+        }
+        let pending: Vec<String> = store.pending().into_iter().map(|p| p.id).collect();
+        assert_eq!(pending, vec!["pay_old1", "pay_old2"]);
+        drop(store);
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        let count = |sql: &str| reader.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("SELECT COUNT(*) FROM attempts"), 2);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM payments WHERE updated_at_ms = 5000"),
+            2
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM pragma_table_info('payments') WHERE name = 'record'"),
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('payments_v1', 'attempts_v1', 'payments_pending', 'attempts_at')"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('payments_created', 'payments_in_doubt') AND tbl_name = 'payments'"
+            ),
+            2
+        );
     }
 
     #[tokio::test]

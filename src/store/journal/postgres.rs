@@ -195,7 +195,7 @@ impl Writer for PgWriter {
             let expired = before - LEASE_RETENTION_MS;
             client.execute(SWEEP_LEASES, &[&expired])?;
         }
-        let payments = PaymentColumns::of(rows);
+        let payments = PaymentColumns::of(rows)?;
         let attempts = AttemptColumns::of(rows);
         let events = EventColumns::of(rows);
         let keys = KeyColumns::of(rows);
@@ -229,15 +229,16 @@ struct PaymentColumns<'a> {
     reconciled: Vec<bool>,
     created: Vec<i64>,
     updated: Vec<i64>,
-    records: Vec<&'a str>,
+    /// The whole payment as JSON (masked card at most): what a read gives back.
+    records: Vec<String>,
     in_doubt: Vec<bool>,
 }
 
 impl<'a> PaymentColumns<'a> {
-    fn of(rows: &'a Rows<'_>) -> Self {
+    fn of(rows: &'a Rows<'_>) -> Result<Self, DbError> {
         let now = crate::store::now_ms() as i64;
-        let p = || rows.payments.iter().map(|row| &row.payment);
-        Self {
+        let p = || rows.payments.iter();
+        Ok(Self {
             ids: p().map(|p| p.id.as_str()).collect(),
             merchants: p().map(|p| p.merchant.as_str()).collect(),
             amounts: p().map(|p| p.amount as i64).collect(),
@@ -259,9 +260,9 @@ impl<'a> PaymentColumns<'a> {
             reconciled: p().map(|p| p.reconciled).collect(),
             created: p().map(|p| p.created_at_ms as i64).collect(),
             updated: vec![now; rows.payments.len()],
-            records: rows.payments.iter().map(|r| r.record.as_str()).collect(),
+            records: p().map(serde_json::to_string).collect::<Result<_, _>>()?,
             in_doubt: p().map(|p| p.in_doubt()).collect(),
-        }
+        })
     }
 
     fn params(&self) -> Vec<Param<'_>> {
@@ -311,10 +312,7 @@ impl<'a> AttemptColumns<'a> {
         let all: Vec<(&Payment, usize, &Attempt)> = rows
             .payments
             .iter()
-            .flat_map(|row| {
-                let p = &row.payment;
-                p.attempts.iter().enumerate().map(move |(i, a)| (p, i, a))
-            })
+            .flat_map(|p| p.attempts.iter().enumerate().map(move |(i, a)| (p, i, a)))
             .collect();
         let a = || all.iter();
         Self {
@@ -594,19 +592,21 @@ fn read_forever(
 }
 
 impl Reader for PgReaders {
-    fn record(&self, id: &str) -> Result<Option<String>, DbError> {
+    fn payment(&self, id: &str) -> Result<Option<Payment>, DbError> {
         let id = id.to_string();
-        self.ask(move |c| {
+        let record: Option<String> = self.ask(move |c| {
             let row = c.client.query_opt(&c.record, &[&id])?;
             Ok(row.map(|row| row.get(0)))
-        })
+        })?;
+        record.as_deref().map(decode).transpose()
     }
 
-    fn in_doubt(&self) -> Result<Vec<String>, DbError> {
-        self.ask(|c| {
+    fn in_doubt(&self) -> Result<Vec<Payment>, DbError> {
+        let records: Vec<String> = self.ask(|c| {
             let rows = c.client.query(&c.in_doubt, &[&IN_DOUBT_LIMIT])?;
             Ok(rows.into_iter().map(|row| row.get(0)).collect())
-        })
+        })?;
+        records.iter().map(|record| decode(record)).collect()
     }
 
     fn look_up(&self, scope: &str) -> KeyLookup {
@@ -707,6 +707,12 @@ fn look_up_forever(
     }
 }
 
+/// A payment from its stored record.
+fn decode(record: &str) -> Result<Payment, DbError> {
+    serde_json::from_str(record)
+        .map_err(|e| DbError::Read(format!("a payment record is not one: {e}")))
+}
+
 /// A key's record from its row (scope, request_hash, status, body, channel, expires_at_ms,
 /// target).
 fn key_record(row: &postgres::Row) -> KeyRecord {
@@ -782,7 +788,7 @@ mod tests {
             detail: "by an operator".into(),
         })];
         let memory = MemoryStore::new();
-        let rows = Rows::gather(&batch, &memory).unwrap();
+        let rows = Rows::gather(&batch, &memory);
         writer.commit(&rows).unwrap();
         // The writer retries a batch whose commit it cannot confirm: the same rows again.
         writer.commit(&rows).unwrap();

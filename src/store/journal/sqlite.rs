@@ -1,17 +1,21 @@
 //! The embedded journal: one SQLite file in WAL mode, written by the journal's writer thread
 //! and read through one connection behind a lock. Owns the file's settings, its upgrades,
 //! the checkpointer, and the SQL of both sides; what is written when is `mod.rs`'s.
+//!
+//! A payment is one row and each of its attempts one more, every field in a column: a change
+//! of a payment rewrites one row of about 200 bytes, where it used to write its JSON too.
 
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::batch::{Rows, status_text};
+use super::batch::{Rows, outcome_of, status_of, status_text};
 use super::{Backend, DbError, KeyLookup, Reader, Writer};
 use crate::store::idempotency::StoredResponse;
 use crate::store::keys::{Kept, KeyRecord};
-use crate::store::now_ms;
+use crate::store::{Attempt, MaskedCard, Payment, now_ms};
 
 const SCHEMA: &str = include_str!("../journal.sql");
 /// How often the checkpointer copies the WAL into the database file.
@@ -24,7 +28,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Opens (or creates) the journal file: its writer, its reader, and a checkpointer thread
 /// that runs while `alive` has owners.
 pub(super) fn open(path: &Path, alive: std::sync::Weak<()>) -> Result<Backend, DbError> {
-    let writer = connect(path)?;
+    let mut writer = connect(path)?;
+    upgrade_payments(&mut writer)?;
     writer
         .execute_batch(SCHEMA)
         .map_err(|e| DbError::Schema(e.to_string()))?;
@@ -79,20 +84,54 @@ fn migrate(connection: &Connection) -> rusqlite::Result<()> {
     if !has_target {
         connection.execute_batch("ALTER TABLE idempotency ADD COLUMN target TEXT")?;
     }
-    let has_in_doubt: bool = connection.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('payments') WHERE name = 'in_doubt'",
+    Ok(())
+}
+
+/// Journals written before payments lost their JSON copy (a `record` column holding the
+/// whole payment) are converted, in one transaction, from those records: the payment as it
+/// was read back then is the payment as it is read back now. A record that cannot be read
+/// stops the start with its payment named; nothing is dropped.
+fn upgrade_payments(connection: &mut Connection) -> Result<(), DbError> {
+    let old: bool = connection.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('payments') WHERE name = 'record'",
         [],
         |row| row.get(0),
     )?;
-    if !has_in_doubt {
-        connection.execute_batch(
-            "ALTER TABLE payments ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
-             UPDATE payments SET in_doubt = 1 WHERE status = 'pending';",
-        )?;
+    if !old {
+        return Ok(());
     }
-    connection.execute_batch(
-        "CREATE INDEX IF NOT EXISTS payments_in_doubt ON payments (in_doubt) WHERE in_doubt = 1",
-    )
+    let transaction = connection.transaction()?;
+    transaction.execute_batch(
+        "ALTER TABLE payments RENAME TO payments_v1;
+         ALTER TABLE attempts RENAME TO attempts_v1;
+         DROP INDEX IF EXISTS payments_created;
+         DROP INDEX IF EXISTS payments_pending;
+         DROP INDEX IF EXISTS payments_in_doubt;
+         DROP INDEX IF EXISTS attempts_at;",
+    )?;
+    transaction
+        .execute_batch(SCHEMA)
+        .map_err(|e| DbError::Schema(e.to_string()))?;
+    let mut converted = 0;
+    {
+        let mut records =
+            transaction.prepare("SELECT id, record, updated_at_ms FROM payments_v1")?;
+        let mut rows = records.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let payment: Payment = serde_json::from_str(&row.get::<_, String>(1)?)
+                .map_err(|e| DbError::Schema(format!("cannot upgrade payment {id}: {e}")))?;
+            write_payment(&transaction, &payment, row.get(2)?)?;
+            converted += 1;
+        }
+    }
+    transaction.execute_batch("DROP TABLE payments_v1; DROP TABLE attempts_v1;")?;
+    transaction.commit()?;
+    tracing::info!(
+        payments = converted,
+        "journal upgraded: payments and attempts as columns"
+    );
+    Ok(())
 }
 
 /// Copies the WAL into the database file beside the writer, without blocking it (a passive
@@ -118,68 +157,88 @@ fn checkpoint_while(connection: Connection, alive: std::sync::Weak<()>) {
 
 struct SqliteWriter(Connection);
 
+/// A payment at its latest state; the columns an update can change are set again.
+const UPSERT_PAYMENT: &str = "INSERT INTO payments (id, merchant, amount, currency, method,
+        country, reference, status, channel, psp_reference, decline_code, card_bin, card_last4,
+        next_action, captured_amount, refunded_amount, capture, reconciled, in_doubt,
+        in_doubt_until_ms, operations, created_at_ms, updated_at_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+        ?19, ?20, ?21, ?22, ?23)
+    ON CONFLICT (id) DO UPDATE SET status = excluded.status, channel = excluded.channel,
+        psp_reference = excluded.psp_reference, decline_code = excluded.decline_code,
+        next_action = excluded.next_action, captured_amount = excluded.captured_amount,
+        refunded_amount = excluded.refunded_amount, reconciled = excluded.reconciled,
+        in_doubt = excluded.in_doubt, in_doubt_until_ms = excluded.in_doubt_until_ms,
+        operations = excluded.operations, updated_at_ms = excluded.updated_at_ms";
+
+/// Attempts are only ever added: those the journal has are kept as they are.
+const INSERT_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts (payment_id, number, merchant,
+        channel, outcome, decline_code, psp_code, psp_reference, latency_ms, amount, currency,
+        method, country, failover, at_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+/// Writes one payment and its attempts (inside the caller's transaction).
+fn write_payment(connection: &Connection, p: &Payment, updated_at_ms: i64) -> Result<(), DbError> {
+    let operations = match p.operations.is_empty() {
+        true => None,
+        false => Some(serde_json::to_string(&p.operations)?),
+    };
+    connection.prepare_cached(UPSERT_PAYMENT)?.execute(params![
+        p.id,
+        p.merchant,
+        p.amount as i64,
+        p.currency,
+        p.method,
+        p.country,
+        p.reference,
+        status_text(p.status),
+        p.channel,
+        p.psp_reference,
+        p.decline_code,
+        p.card.as_ref().map(|c| c.bin.as_str()),
+        p.card.as_ref().map(|c| c.last4.as_str()),
+        p.next_action.as_ref().map(|action| action.to_string()),
+        p.captured_amount as i64,
+        p.refunded_amount as i64,
+        p.capture,
+        p.reconciled,
+        p.in_doubt(),
+        p.in_doubt_until_ms.map(|ms| ms as i64),
+        operations,
+        p.created_at_ms as i64,
+        updated_at_ms,
+    ])?;
+    let mut attempt_row = connection.prepare_cached(INSERT_ATTEMPT)?;
+    for (index, attempt) in p.attempts.iter().enumerate() {
+        attempt_row.execute(params![
+            p.id,
+            index as i64 + 1,
+            p.merchant,
+            attempt.channel,
+            attempt.outcome.as_str(),
+            attempt.decline_code,
+            attempt.psp_code,
+            attempt.psp_reference,
+            attempt.latency_ms as i64,
+            p.amount as i64,
+            p.currency,
+            p.method,
+            p.country,
+            index > 0,
+            attempt.at_ms as i64,
+        ])?;
+    }
+    Ok(())
+}
+
 impl Writer for SqliteWriter {
     fn commit(&mut self, rows: &Rows<'_>) -> Result<usize, DbError> {
         let mut swept = 0;
         let transaction = self.0.transaction()?;
         {
-            let mut payment_row = transaction.prepare_cached(
-                "INSERT INTO payments (id, merchant, amount, currency, method, country, status, channel,
-                    psp_reference, decline_code, card_bin, card_last4, captured_amount, refunded_amount,
-                    reconciled, created_at_ms, updated_at_ms, record, in_doubt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, channel = excluded.channel,
-                    psp_reference = excluded.psp_reference, decline_code = excluded.decline_code,
-                    captured_amount = excluded.captured_amount, refunded_amount = excluded.refunded_amount,
-                    reconciled = excluded.reconciled, updated_at_ms = excluded.updated_at_ms,
-                    record = excluded.record, in_doubt = excluded.in_doubt",
-            )?;
-            let mut attempt_row = transaction.prepare_cached(
-                "INSERT OR IGNORE INTO attempts (payment_id, number, merchant, channel, outcome,
-                    decline_code, latency_ms, amount, currency, method, country, failover, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?;
             let now = now_ms() as i64;
-            for row in &rows.payments {
-                let p = &row.payment;
-                payment_row.execute(params![
-                    p.id,
-                    p.merchant,
-                    p.amount as i64,
-                    p.currency,
-                    p.method,
-                    p.country,
-                    status_text(p.status),
-                    p.channel,
-                    p.psp_reference,
-                    p.decline_code,
-                    p.card.as_ref().map(|c| c.bin.as_str()),
-                    p.card.as_ref().map(|c| c.last4.as_str()),
-                    p.captured_amount as i64,
-                    p.refunded_amount as i64,
-                    p.reconciled,
-                    p.created_at_ms as i64,
-                    now,
-                    row.record,
-                    p.in_doubt(),
-                ])?;
-                for (index, attempt) in p.attempts.iter().enumerate() {
-                    attempt_row.execute(params![
-                        p.id,
-                        index as i64 + 1,
-                        p.merchant,
-                        attempt.channel,
-                        attempt.outcome.as_str(),
-                        attempt.decline_code,
-                        attempt.latency_ms as i64,
-                        p.amount as i64,
-                        p.currency,
-                        p.method,
-                        p.country,
-                        index > 0,
-                        attempt.at_ms as i64,
-                    ])?;
-                }
+            for payment in &rows.payments {
+                write_payment(&transaction, payment, now)?;
             }
             let mut event_row = transaction.prepare_cached(
                 "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -235,6 +294,113 @@ impl Writer for SqliteWriter {
 
 struct SqliteReader(std::sync::Mutex<Connection>);
 
+/// A payment's columns and its attempts', one row per attempt (one row with no attempt
+/// columns for a payment without any), in one statement: one snapshot of the journal.
+macro_rules! select_payments {
+    ($where:literal) => {
+        concat!(
+            "SELECT p.id, p.merchant, p.amount, p.currency, p.method, p.country, p.reference,
+                p.status, p.channel, p.psp_reference, p.decline_code, p.card_bin, p.card_last4,
+                p.next_action, p.captured_amount, p.refunded_amount, p.capture, p.reconciled,
+                p.in_doubt_until_ms, p.operations, p.created_at_ms,
+                a.number, a.channel, a.outcome, a.latency_ms, a.psp_reference, a.decline_code,
+                a.psp_code, a.at_ms
+             FROM payments p LEFT JOIN attempts a ON a.payment_id = p.id ",
+            $where,
+            " ORDER BY p.id, a.number"
+        )
+    };
+}
+
+/// The payments of `select_payments!` rows, in their order.
+fn payments_of(mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Payment>> {
+    let mut payments: Vec<Payment> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        if payments.last().is_none_or(|p| p.id != id) {
+            payments.push(payment_of(row, id)?);
+        }
+        if row.get::<_, Option<i64>>(21)?.is_some()
+            && let Some(payment) = payments.last_mut()
+        {
+            payment.attempts.push(attempt_of(row)?);
+        }
+    }
+    Ok(payments)
+}
+
+fn payment_of(row: &Row<'_>, id: String) -> rusqlite::Result<Payment> {
+    let card = match (
+        row.get::<_, Option<String>>(11)?,
+        row.get::<_, Option<String>>(12)?,
+    ) {
+        (Some(bin), Some(last4)) => Some(MaskedCard { bin, last4 }),
+        _ => None,
+    };
+    Ok(Payment {
+        id,
+        merchant: row.get(1)?,
+        amount: row.get::<_, i64>(2)? as u64,
+        currency: row.get(3)?,
+        method: row.get(4)?,
+        country: row.get(5)?,
+        reference: row.get(6)?,
+        status: known(row, 7, status_of)?,
+        channel: row.get(8)?,
+        psp_reference: row.get(9)?,
+        decline_code: row.get(10)?,
+        card,
+        next_action: json(row, 13)?,
+        captured_amount: row.get::<_, i64>(14)? as u64,
+        refunded_amount: row.get::<_, i64>(15)? as u64,
+        capture: row.get(16)?,
+        reconciled: row.get(17)?,
+        in_doubt_until_ms: row.get::<_, Option<i64>>(18)?.map(|ms| ms as u64),
+        operations: json(row, 19)?.unwrap_or_default(),
+        attempts: Vec::new(),
+        created_at_ms: row.get::<_, i64>(20)? as u64,
+        version: 0,
+    })
+}
+
+fn attempt_of(row: &Row<'_>) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        channel: row.get(22)?,
+        outcome: known(row, 23, outcome_of)?,
+        latency_ms: row.get::<_, i64>(24)? as u64,
+        psp_reference: row.get(25)?,
+        decline_code: row.get(26)?,
+        psp_code: row.get(27)?,
+        at_ms: row.get::<_, i64>(28)? as u64,
+    })
+}
+
+/// A text column holding one of the values `parse` knows.
+fn known<T>(row: &Row<'_>, index: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            Type::Text,
+            format!("not a value the journal writes: {text:?}").into(),
+        )
+    })
+}
+
+/// A nullable JSON column.
+fn json<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<Option<T>> {
+    row.get::<_, Option<String>>(index)?
+        .map(|text| {
+            serde_json::from_str(&text).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e))
+            })
+        })
+        .transpose()
+}
+
 impl SqliteReader {
     fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, DbError> {
         let connection = self.0.lock().map_err(|_| DbError::Poisoned)?;
@@ -269,19 +435,17 @@ impl SqliteReader {
 }
 
 impl Reader for SqliteReader {
-    fn record(&self, id: &str) -> Result<Option<String>, DbError> {
+    fn payment(&self, id: &str) -> Result<Option<Payment>, DbError> {
         self.with(|c| {
-            c.prepare_cached("SELECT record FROM payments WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()
+            let mut query = c.prepare_cached(select_payments!("WHERE p.id = ?1"))?;
+            Ok(payments_of(query.query([id])?)?.pop())
         })
     }
 
-    fn in_doubt(&self) -> Result<Vec<String>, DbError> {
+    fn in_doubt(&self) -> Result<Vec<Payment>, DbError> {
         self.with(|c| {
-            let mut query = c.prepare_cached("SELECT record FROM payments WHERE in_doubt = 1")?;
-            let rows = query.query_map([], |row| row.get::<_, String>(0))?;
-            rows.collect()
+            let mut query = c.prepare_cached(select_payments!("WHERE p.in_doubt = 1"))?;
+            payments_of(query.query([])?)
         })
     }
 
