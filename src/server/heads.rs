@@ -81,6 +81,20 @@ impl Line {
         }
     }
 
+    /// As `push` of each byte.
+    fn extend(&mut self, bytes: &[u8]) {
+        for (at, &byte) in bytes.iter().enumerate() {
+            if self.len == LINE_KEPT {
+                let after_colon = self.kept[LINE_KEPT - 1] == b':';
+                self.overflowed |= bytes[at..]
+                    .iter()
+                    .any(|&b| !(after_colon && (b == b' ' || b == b'\t')));
+                return;
+            }
+            self.push(byte);
+        }
+    }
+
     /// The kept part of the line, without its `\r`.
     fn text(&self) -> &[u8] {
         let kept = &self.kept[..self.len];
@@ -139,24 +153,38 @@ impl Watcher {
     }
 
     pub fn observe(&mut self, mut bytes: &[u8]) {
-        while let Some((&byte, rest)) = bytes.split_first() {
-            // Body data is skipped in bulk rather than byte by byte.
-            if let State::Fixed(left) | State::ChunkData(left) = &mut self.state {
-                let take = bytes
-                    .len()
-                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= take as u64;
-                bytes = &bytes[take..];
-                if *left == 0 {
-                    self.state = match self.state {
-                        State::Fixed(_) => State::Head(Head::default()),
-                        _ => State::ChunkEnd,
-                    };
+        while let Some(&byte) = bytes.first() {
+            match &mut self.state {
+                State::Stopped => return,
+                // Body data is skipped in bulk rather than byte by byte.
+                State::Fixed(left) | State::ChunkData(left) => {
+                    let take = bytes
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= take as u64;
+                    bytes = &bytes[take..];
+                    if *left == 0 {
+                        self.state = match self.state {
+                            State::Fixed(_) => State::Head(Head::default()),
+                            _ => State::ChunkEnd,
+                        };
+                    }
+                    continue;
                 }
-                continue;
+                // A head line is taken up to its end at once (only its start is kept).
+                State::Head(head) if byte != b'\n' => {
+                    let end = bytes
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .unwrap_or(bytes.len());
+                    head.line.extend(&bytes[..end]);
+                    bytes = &bytes[end..];
+                    continue;
+                }
+                _ => {}
             }
             self.step(byte);
-            bytes = rest;
+            bytes = &bytes[1..];
         }
     }
 
@@ -381,6 +409,30 @@ POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nCONTENT-LENGTH: 3\r
             Some(0),
             "bare line feeds and a leading empty line"
         );
+    }
+
+    #[test]
+    fn a_line_taken_at_once_is_kept_as_byte_by_byte() {
+        let colon_at_end = format!("{}:", "x".repeat(LINE_KEPT - 1));
+        let lines = [
+            String::new(),
+            "Content-Length:   12".into(),
+            format!("{colon_at_end}   \t "),
+            format!("{colon_at_end}  7"),
+            format!("Content-Length:{}2", " ".repeat(200)),
+            "y".repeat(LINE_KEPT),
+            "y".repeat(LINE_KEPT + 1),
+        ];
+        for line in &lines {
+            let (mut at_once, mut by_byte) = (Line::default(), Line::default());
+            at_once.extend(line.as_bytes());
+            line.bytes().for_each(|b| by_byte.push(b));
+            assert_eq!(
+                (at_once.text(), at_once.overflowed),
+                (by_byte.text(), by_byte.overflowed),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

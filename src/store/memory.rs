@@ -21,10 +21,12 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// The payment's latest state when a journal has not committed it yet.
-    pub fn unjournaled(&self, id: &str) -> Option<Payment> {
+    /// The payment's latest state when a journal has not committed it yet, and whether the
+    /// journal has an earlier state of it.
+    pub fn unjournaled(&self, id: &str) -> Option<(Payment, bool)> {
         let held = self.payments.get(id)?;
-        (held.journaled != Some(held.payment.version)).then(|| held.payment.clone())
+        (held.journaled != Some(held.payment.version))
+            .then(|| (held.payment.clone(), held.journaled.is_some()))
     }
 
     /// Notes that a journal committed `id` at `version`, and forgets the payment when it is

@@ -37,11 +37,18 @@ pub struct Event {
     pub detail: String,
 }
 
+/// A payment as it is written.
+pub struct PaymentRow {
+    pub payment: Payment,
+    /// The journal has an earlier state of it (a commit of it succeeded before).
+    pub stored: bool,
+}
+
 /// A batch as rows, in the order the tables are written.
 #[derive(Default)]
 pub struct Rows<'a> {
     /// Each payment once, at its latest state.
-    pub payments: Vec<Payment>,
+    pub payments: Vec<PaymentRow>,
     pub events: Vec<&'a Event>,
     /// Each key's last change in the batch: a record to keep, or None to free it.
     pub keys: Vec<(&'a Scope, Option<&'a KeyRecord>)>,
@@ -62,8 +69,8 @@ impl<'a> Rows<'a> {
                     if !seen.insert(id.as_str()) {
                         continue;
                     }
-                    if let Some(payment) = memory.unjournaled(id) {
-                        rows.payments.push(payment);
+                    if let Some((payment, stored)) = memory.unjournaled(id) {
+                        rows.payments.push(PaymentRow { payment, stored });
                     }
                 }
                 Write::Event(event) => rows.events.push(event),
@@ -97,7 +104,7 @@ impl<'a> Rows<'a> {
     pub fn written(&self) -> Vec<(String, u64)> {
         self.payments
             .iter()
-            .map(|p| (p.id.clone(), p.version))
+            .map(|row| (row.payment.id.clone(), row.payment.version))
             .collect()
     }
 }

@@ -237,7 +237,7 @@ struct PaymentColumns<'a> {
 impl<'a> PaymentColumns<'a> {
     fn of(rows: &'a Rows<'_>) -> Result<Self, DbError> {
         let now = crate::store::now_ms() as i64;
-        let p = || rows.payments.iter();
+        let p = || rows.payments.iter().map(|row| &row.payment);
         Ok(Self {
             ids: p().map(|p| p.id.as_str()).collect(),
             merchants: p().map(|p| p.merchant.as_str()).collect(),
@@ -312,7 +312,10 @@ impl<'a> AttemptColumns<'a> {
         let all: Vec<(&Payment, usize, &Attempt)> = rows
             .payments
             .iter()
-            .flat_map(|p| p.attempts.iter().enumerate().map(move |(i, a)| (p, i, a)))
+            .flat_map(|row| {
+                let p = &row.payment;
+                p.attempts.iter().enumerate().map(move |(i, a)| (p, i, a))
+            })
             .collect();
         let a = || all.iter();
         Self {

@@ -116,12 +116,13 @@ fn upgrade_payments(connection: &mut Connection) -> Result<(), DbError> {
     {
         let mut records =
             transaction.prepare("SELECT id, record, updated_at_ms FROM payments_v1")?;
+        let mut writes = PaymentWrites::new(&transaction)?;
         let mut rows = records.query([])?;
         while let Some(row) = rows.next()? {
             let id: String = row.get(0)?;
             let payment: Payment = serde_json::from_str(&row.get::<_, String>(1)?)
                 .map_err(|e| DbError::Schema(format!("cannot upgrade payment {id}: {e}")))?;
-            write_payment(&transaction, &payment, row.get(2)?)?;
+            writes.write(&payment, false, row.get(2)?)?;
             converted += 1;
         }
     }
@@ -157,8 +158,8 @@ fn checkpoint_while(connection: Connection, alive: std::sync::Weak<()>) {
 
 struct SqliteWriter(Connection);
 
-/// A payment at its latest state; the columns an update can change are set again.
-const UPSERT_PAYMENT: &str = "INSERT INTO payments (id, merchant, amount, currency, method,
+/// A payment new to the journal (or, after a commit whose answer was lost, one it has).
+const INSERT_PAYMENT: &str = "INSERT INTO payments (id, merchant, amount, currency, method,
         country, reference, status, channel, psp_reference, decline_code, card_bin, card_last4,
         next_action, captured_amount, refunded_amount, capture, reconciled, in_doubt,
         in_doubt_until_ms, operations, created_at_ms, updated_at_ms)
@@ -171,64 +172,106 @@ const UPSERT_PAYMENT: &str = "INSERT INTO payments (id, merchant, amount, curren
         in_doubt = excluded.in_doubt, in_doubt_until_ms = excluded.in_doubt_until_ms,
         operations = excluded.operations, updated_at_ms = excluded.updated_at_ms";
 
+/// A payment the journal has: the columns a change can touch.
+const UPDATE_PAYMENT: &str = "UPDATE payments SET status = ?2, channel = ?3, psp_reference = ?4,
+        decline_code = ?5, next_action = ?6, captured_amount = ?7, refunded_amount = ?8,
+        reconciled = ?9, in_doubt = ?10, in_doubt_until_ms = ?11, operations = ?12,
+        updated_at_ms = ?13
+    WHERE id = ?1";
+
 /// Attempts are only ever added: those the journal has are kept as they are.
 const INSERT_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts (payment_id, number, merchant,
         channel, outcome, decline_code, psp_code, psp_reference, latency_ms, amount, currency,
         method, country, failover, at_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
-/// Writes one payment and its attempts (inside the caller's transaction).
-fn write_payment(connection: &Connection, p: &Payment, updated_at_ms: i64) -> Result<(), DbError> {
-    let operations = match p.operations.is_empty() {
-        true => None,
-        false => Some(serde_json::to_string(&p.operations)?),
-    };
-    connection.prepare_cached(UPSERT_PAYMENT)?.execute(params![
-        p.id,
-        p.merchant,
-        p.amount as i64,
-        p.currency,
-        p.method,
-        p.country,
-        p.reference,
-        status_text(p.status),
-        p.channel,
-        p.psp_reference,
-        p.decline_code,
-        p.card.as_ref().map(|c| c.bin.as_str()),
-        p.card.as_ref().map(|c| c.last4.as_str()),
-        p.next_action.as_ref().map(|action| action.to_string()),
-        p.captured_amount as i64,
-        p.refunded_amount as i64,
-        p.capture,
-        p.reconciled,
-        p.in_doubt(),
-        p.in_doubt_until_ms.map(|ms| ms as i64),
-        operations,
-        p.created_at_ms as i64,
-        updated_at_ms,
-    ])?;
-    let mut attempt_row = connection.prepare_cached(INSERT_ATTEMPT)?;
-    for (index, attempt) in p.attempts.iter().enumerate() {
-        attempt_row.execute(params![
-            p.id,
-            index as i64 + 1,
-            p.merchant,
-            attempt.channel,
-            attempt.outcome.as_str(),
-            attempt.decline_code,
-            attempt.psp_code,
-            attempt.psp_reference,
-            attempt.latency_ms as i64,
-            p.amount as i64,
-            p.currency,
-            p.method,
-            p.country,
-            index > 0,
-            attempt.at_ms as i64,
-        ])?;
+/// The statements that write payments, prepared once per transaction.
+struct PaymentWrites<'c> {
+    insert: rusqlite::CachedStatement<'c>,
+    update: rusqlite::CachedStatement<'c>,
+    attempt: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> PaymentWrites<'c> {
+    fn new(connection: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            insert: connection.prepare_cached(INSERT_PAYMENT)?,
+            update: connection.prepare_cached(UPDATE_PAYMENT)?,
+            attempt: connection.prepare_cached(INSERT_ATTEMPT)?,
+        })
     }
-    Ok(())
+
+    /// Writes one payment and its attempts; `stored`: the journal has an earlier state of it.
+    fn write(&mut self, p: &Payment, stored: bool, updated_at_ms: i64) -> Result<(), DbError> {
+        let operations = match p.operations.is_empty() {
+            true => None,
+            false => Some(serde_json::to_string(&p.operations)?),
+        };
+        let next_action = p.next_action.as_ref().map(|action| action.to_string());
+        let updated = stored
+            && self.update.execute(params![
+                p.id,
+                status_text(p.status),
+                p.channel,
+                p.psp_reference,
+                p.decline_code,
+                next_action,
+                p.captured_amount as i64,
+                p.refunded_amount as i64,
+                p.reconciled,
+                p.in_doubt(),
+                p.in_doubt_until_ms.map(|ms| ms as i64),
+                operations,
+                updated_at_ms,
+            ])? == 1;
+        if !updated {
+            self.insert.execute(params![
+                p.id,
+                p.merchant,
+                p.amount as i64,
+                p.currency,
+                p.method,
+                p.country,
+                p.reference,
+                status_text(p.status),
+                p.channel,
+                p.psp_reference,
+                p.decline_code,
+                p.card.as_ref().map(|c| c.bin.as_str()),
+                p.card.as_ref().map(|c| c.last4.as_str()),
+                next_action,
+                p.captured_amount as i64,
+                p.refunded_amount as i64,
+                p.capture,
+                p.reconciled,
+                p.in_doubt(),
+                p.in_doubt_until_ms.map(|ms| ms as i64),
+                operations,
+                p.created_at_ms as i64,
+                updated_at_ms,
+            ])?;
+        }
+        for (index, attempt) in p.attempts.iter().enumerate() {
+            self.attempt.execute(params![
+                p.id,
+                index as i64 + 1,
+                p.merchant,
+                attempt.channel,
+                attempt.outcome.as_str(),
+                attempt.decline_code,
+                attempt.psp_code,
+                attempt.psp_reference,
+                attempt.latency_ms as i64,
+                p.amount as i64,
+                p.currency,
+                p.method,
+                p.country,
+                index > 0,
+                attempt.at_ms as i64,
+            ])?;
+        }
+        Ok(())
+    }
 }
 
 impl Writer for SqliteWriter {
@@ -237,8 +280,9 @@ impl Writer for SqliteWriter {
         let transaction = self.0.transaction()?;
         {
             let now = now_ms() as i64;
-            for payment in &rows.payments {
-                write_payment(&transaction, payment, now)?;
+            let mut writes = PaymentWrites::new(&transaction)?;
+            for row in &rows.payments {
+                writes.write(&row.payment, row.stored, now)?;
             }
             let mut event_row = transaction.prepare_cached(
                 "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
