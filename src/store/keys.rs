@@ -52,7 +52,8 @@ enum Live {
     InFlight {
         request_hash: [u8; 32],
         finished: watch::Sender<()>,
-        target: Option<String>,
+        /// What it made, and the expiry its record was journaled with (`bind`).
+        target: Option<(String, u64)>,
     },
     /// Answered; removed once the journal has committed it.
     Answered(KeyRecord),
@@ -177,7 +178,7 @@ impl JournalKeys {
         else {
             return None;
         };
-        *bound = Some(target.to_string());
+        *bound = Some((target.to_string(), expires_at_ms));
         // The filter learns the key before a crash could leave it only in the journal.
         self.filter.insert(scope.as_str(), expires_at_ms);
         Some(KeyRecord {
@@ -190,7 +191,7 @@ impl JournalKeys {
     /// What the request in flight made, if it has bound it.
     pub fn bound(&self, scope: &Scope) -> Option<String> {
         match &*self.live.get(scope)? {
-            Live::InFlight { target, .. } => target.clone(),
+            Live::InFlight { target, .. } => target.as_ref().map(|(target, _)| target.clone()),
             Live::Answered(_) => None,
         }
     }
@@ -198,7 +199,8 @@ impl JournalKeys {
     /// The first request finished: with an answer, or with `keep` (it made a payment that a
     /// PSP may have charged), the record to journal (the caller queues it and calls
     /// `committed` once it is written); otherwise the key is free again. A key already
-    /// answered keeps its answer and is never freed.
+    /// answered keeps its answer and is never freed. A key that made something keeps the
+    /// record `bind` gave (its expiry counted from then), so the journal has it already.
     pub fn finish(
         &self,
         scope: &Scope,
@@ -222,9 +224,9 @@ impl JournalKeys {
         // A key that made something is answered from it as it now stands: its first
         // answer need not be kept beside it. Without either there is nothing to keep (`keep`
         // implies a target).
-        let kept = match (target, answer) {
-            (Some(target), _) => Kept::Made(target.clone()),
-            (None, Some(answer)) => Kept::Answer(answer),
+        let (kept, expires_at_ms) = match (target, answer) {
+            (Some((target, bound_until)), _) => (Kept::Made(target.clone()), *bound_until),
+            (None, Some(answer)) => (Kept::Answer(answer), expires_at_ms),
             (None, None) => return None,
         };
         let record = KeyRecord {
@@ -506,7 +508,7 @@ mod tests {
             .0
             .lock()
             .unwrap()
-            .insert(scope.as_str().to_string(), intent);
+            .insert(scope.as_str().to_string(), intent.clone());
         let restarted = JournalKeys::new([(scope.as_str().to_string(), 5_000)]);
         assert!(
             matches!(begin(&restarted, &scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
@@ -515,9 +517,10 @@ mod tests {
             begin(&restarted, &scope, [2; 32], 0, 10, &journal),
             Begin::Mismatch
         ));
-        // Without a crash, an error answer with `keep` still names the payment.
-        let record = keys.finish(&scope, None, true, 5_000).unwrap();
-        assert_eq!(record.kept, Kept::Made("pay_1".into()));
+        // Without a crash, an error answer with `keep` still names the payment, with the
+        // record the intent journaled (its expiry from the bind, not from the answer).
+        let record = keys.finish(&scope, None, true, 9_000).unwrap();
+        assert_eq!(record, intent);
         assert!(
             matches!(begin(&keys, &scope, [1; 32], 0, 10, &journal), Begin::Made(id) if id == "pay_1")
         );

@@ -18,6 +18,9 @@ pub enum Write {
     Payment(String),
     Event(Event),
     Key(Scope, KeyRecord),
+    /// A key whose record the journal holds as it stands: nothing to write, memory lets it
+    /// go once what was queued before is committed.
+    KeyKept(Scope),
     /// Deletes a key's record that holds no answer (its payment failed, nothing charged).
     FreeKey(Scope),
     /// Deletes idempotency records expired by then (ms since the Unix epoch).
@@ -79,7 +82,7 @@ impl<'a> Rows<'a> {
                 Write::SweepKeys(before) => {
                     rows.sweep_before_ms = rows.sweep_before_ms.max(Some(*before));
                 }
-                Write::Barrier(_) => {}
+                Write::KeyKept(_) | Write::Barrier(_) => {}
             }
         }
         rows

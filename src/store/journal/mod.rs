@@ -414,7 +414,11 @@ impl IdempotencyStore for JournalStore {
             return false;
         };
         let answered = matches!(record.kept, Kept::Answer(_));
-        self.enqueue(Write::Key(scope.clone(), record));
+        // A key bound to what it made is journaled as it stands since `bind`.
+        self.enqueue(match bound {
+            Some(_) => Write::KeyKept(scope.clone()),
+            None => Write::Key(scope.clone(), record),
+        });
         answered
     }
 
@@ -512,7 +516,7 @@ fn write_forever(mut writer: Box<dyn Writer>, receiver: mpsc::Receiver<Write>, s
         }
         for write in batch {
             match write {
-                Write::Key(scope, _) => keys.committed(&scope),
+                Write::Key(scope, _) | Write::KeyKept(scope) => keys.committed(&scope),
                 Write::SweepKeys(now_ms) => keys.swept(swept, now_ms),
                 Write::Barrier(ack) => {
                     let _ = ack.send(Ok(()));
