@@ -116,7 +116,7 @@ fn upgrade_payments(connection: &mut Connection) -> Result<(), DbError> {
     {
         let mut records =
             transaction.prepare("SELECT id, record, updated_at_ms FROM payments_v1")?;
-        let mut writes = PaymentWrites::new(&transaction)?;
+        let mut writes = PaymentWrites::new(&transaction);
         let mut rows = records.query([])?;
         while let Some(row) = rows.next()? {
             let id: String = row.get(0)?;
@@ -185,20 +185,45 @@ const INSERT_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts (payment_id, number
         method, country, failover, at_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
-/// The statements that write payments, prepared once per transaction.
+/// A statement of one transaction, taken from the connection's cache when first used (the
+/// cache hashes the statement's text at each take and each return).
+struct Lazy<'c> {
+    connection: &'c Connection,
+    sql: &'static str,
+    statement: Option<rusqlite::CachedStatement<'c>>,
+}
+
+impl<'c> Lazy<'c> {
+    fn new(connection: &'c Connection, sql: &'static str) -> Self {
+        Self {
+            connection,
+            sql,
+            statement: None,
+        }
+    }
+
+    fn get(&mut self) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
+        if self.statement.is_none() {
+            self.statement = Some(self.connection.prepare_cached(self.sql)?);
+        }
+        self.statement.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+    }
+}
+
+/// The statements that write payments.
 struct PaymentWrites<'c> {
-    insert: rusqlite::CachedStatement<'c>,
-    update: rusqlite::CachedStatement<'c>,
-    attempt: rusqlite::CachedStatement<'c>,
+    insert: Lazy<'c>,
+    update: Lazy<'c>,
+    attempt: Lazy<'c>,
 }
 
 impl<'c> PaymentWrites<'c> {
-    fn new(connection: &'c Connection) -> rusqlite::Result<Self> {
-        Ok(Self {
-            insert: connection.prepare_cached(INSERT_PAYMENT)?,
-            update: connection.prepare_cached(UPDATE_PAYMENT)?,
-            attempt: connection.prepare_cached(INSERT_ATTEMPT)?,
-        })
+    fn new(connection: &'c Connection) -> Self {
+        Self {
+            insert: Lazy::new(connection, INSERT_PAYMENT),
+            update: Lazy::new(connection, UPDATE_PAYMENT),
+            attempt: Lazy::new(connection, INSERT_ATTEMPT),
+        }
     }
 
     /// Writes one payment and its attempts; `stored`: the journal has an earlier state of it.
@@ -209,7 +234,7 @@ impl<'c> PaymentWrites<'c> {
         };
         let next_action = p.next_action.as_ref().map(|action| action.to_string());
         let updated = stored
-            && self.update.execute(params![
+            && self.update.get()?.execute(params![
                 p.id,
                 status_text(p.status),
                 p.channel,
@@ -225,7 +250,7 @@ impl<'c> PaymentWrites<'c> {
                 updated_at_ms,
             ])? == 1;
         if !updated {
-            self.insert.execute(params![
+            self.insert.get()?.execute(params![
                 p.id,
                 p.merchant,
                 p.amount as i64,
@@ -252,7 +277,7 @@ impl<'c> PaymentWrites<'c> {
             ])?;
         }
         for (index, attempt) in p.attempts.iter().enumerate() {
-            self.attempt.execute(params![
+            self.attempt.get()?.execute(params![
                 p.id,
                 index as i64 + 1,
                 p.merchant,
@@ -275,64 +300,78 @@ impl<'c> PaymentWrites<'c> {
 }
 
 impl Writer for SqliteWriter {
+    /// BEGIN and COMMIT are cached statements too: parsed once, not at every commit.
     fn commit(&mut self, rows: &Rows<'_>) -> Result<usize, DbError> {
-        let mut swept = 0;
-        let transaction = self.0.transaction()?;
-        {
-            let now = now_ms() as i64;
-            let mut writes = PaymentWrites::new(&transaction)?;
-            for row in &rows.payments {
-                writes.write(&row.payment, row.stored, now)?;
-            }
-            let mut event_row = transaction.prepare_cached(
-                "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for event in &rows.events {
-                event_row.execute(params![
-                    event.at_ms as i64,
-                    event.kind,
-                    event.channel,
-                    event.detail
-                ])?;
-            }
-            let mut key_row = transaction.prepare_cached(
-                "INSERT OR REPLACE INTO idempotency (scope, request_hash, status, body, channel,
-                    expires_at_ms, target)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            // Only a record that names what it made and was never answered is freed: the
-            // request in flight that made a payment which surely failed.
-            let mut free_key = transaction.prepare_cached(
-                "DELETE FROM idempotency WHERE scope = ?1 AND target IS NOT NULL",
-            )?;
-            for (scope, change) in &rows.keys {
-                let Some(record) = change else {
-                    free_key.execute([scope.as_str()])?;
-                    continue;
-                };
-                let (answer, target) = match &record.kept {
-                    Kept::Answer(answer) => (Some(answer), None),
-                    Kept::Made(target) => (None, Some(target.as_str())),
-                };
-                key_row.execute(params![
-                    scope.as_str(),
-                    &record.request_hash[..],
-                    answer.map_or(0, |a| a.status),
-                    answer.map_or(&[][..], |a| &a.body[..]),
-                    answer.and_then(|a| a.channel.as_deref()),
-                    record.expires_at_ms as i64,
-                    target,
-                ])?;
-            }
-            if let Some(before) = rows.sweep_before_ms {
-                swept = transaction.execute(
-                    "DELETE FROM idempotency WHERE expires_at_ms <= ?1",
-                    [before as i64],
-                )?;
-            }
+        let connection = &self.0;
+        connection.prepare_cached("BEGIN")?.execute([])?;
+        let committed = write_rows(connection, rows).and_then(|swept| {
+            connection.prepare_cached("COMMIT")?.execute([])?;
+            Ok(swept)
+        });
+        if committed.is_err() && !connection.is_autocommit() {
+            // Nothing of a batch that failed stays: the writer retries it whole.
+            let _ = connection.execute_batch("ROLLBACK");
         }
-        transaction.commit()?;
-        Ok(swept)
+        committed
+    }
+}
+
+/// One batch's rows, inside the caller's transaction; how many expired keys it swept.
+fn write_rows(connection: &Connection, rows: &Rows<'_>) -> Result<usize, DbError> {
+    let now = now_ms() as i64;
+    let mut writes = PaymentWrites::new(connection);
+    for row in &rows.payments {
+        writes.write(&row.payment, row.stored, now)?;
+    }
+    let mut event_row = Lazy::new(
+        connection,
+        "INSERT INTO events (at_ms, kind, channel, detail) VALUES (?1, ?2, ?3, ?4)",
+    );
+    for event in &rows.events {
+        event_row.get()?.execute(params![
+            event.at_ms as i64,
+            event.kind,
+            event.channel,
+            event.detail
+        ])?;
+    }
+    let mut key_row = Lazy::new(
+        connection,
+        "INSERT OR REPLACE INTO idempotency (scope, request_hash, status, body, channel,
+            expires_at_ms, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    );
+    // Only a record that names what it made and was never answered is freed: the request in
+    // flight that made a payment which surely failed.
+    let mut free_key = Lazy::new(
+        connection,
+        "DELETE FROM idempotency WHERE scope = ?1 AND target IS NOT NULL",
+    );
+    for (scope, change) in &rows.keys {
+        let Some(record) = change else {
+            free_key.get()?.execute([scope.as_str()])?;
+            continue;
+        };
+        let (answer, target) = match &record.kept {
+            Kept::Answer(answer) => (Some(answer), None),
+            Kept::Made(target) => (None, Some(target.as_str())),
+        };
+        key_row.get()?.execute(params![
+            scope.as_str(),
+            &record.request_hash[..],
+            answer.map_or(0, |a| a.status),
+            answer.map_or(&[][..], |a| &a.body[..]),
+            answer.and_then(|a| a.channel.as_deref()),
+            record.expires_at_ms as i64,
+            target,
+        ])?;
+    }
+    match rows.sweep_before_ms {
+        Some(before) => Ok(connection.execute(
+            "DELETE FROM idempotency WHERE expires_at_ms <= ?1",
+            [before as i64],
+        )?),
+        None => Ok(0),
     }
 }
 
