@@ -22,6 +22,7 @@ pub mod config;
 pub mod gateway;
 pub mod layers;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod payload;
 pub mod psp_events;

@@ -46,7 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held to the end of main: dropping it writes out the lines still queued.
-    let _log_writer = init_logging();
+    let _log_writer = paygate::logging::init();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check { path } => check(&path.unwrap_or(cli.config)),
         Command::Serve => run(async move { paygate::server::serve(&cli.config).await }),
@@ -108,28 +108,4 @@ fn run<E: std::fmt::Display>(task: impl Future<Output = Result<(), E>>) -> ExitC
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr (stdout carries the listening line), coloured only on a terminal; `RUST_LOG` filters,
-/// `PAYGATE_LOG_FORMAT=json` switches to JSON lines. A writer thread takes the lines off the
-/// request path and writes them in batches; it never drops a line (a request waits when it is
-/// far behind).
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(writer);
-    if std::env::var("PAYGATE_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    guard
 }
