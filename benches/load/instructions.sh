@@ -10,7 +10,9 @@
 # thread of the process counts: the journal writer and SQLite included. The simulator and
 # wrk run natively and are not counted. Under callgrind paygate answers a few hundred
 # payments a second, so the journal's batches are small: compare counts of this script with
-# each other, not with a full-speed run. Prints a table; `OUT=file` writes it there too
+# each other, not with a full-speed run, and at a similar number of requests counted (the
+# batches, so the commits per payment, follow the rate callgrind reaches, which a busy machine
+# lowers). Prints a table; `OUT=file` writes it there too
 # (benches/INSTRUCTIONS.md). Every load loop is bounded by wrk's -d.
 set -euo pipefail
 
@@ -32,9 +34,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-log "cargo build --release"
-(cd "$ROOT" && cargo build --release --quiet)
-PAYGATE=$ROOT/target/release/paygate
+# PAYGATE=/path/to/paygate counts that build (an earlier commit's, to price a change).
+if [ -z "${PAYGATE:-}" ]; then
+  log "cargo build --release"
+  (cd "$ROOT" && cargo build --release --quiet)
+  PAYGATE=$ROOT/target/release/paygate
+fi
 TMP=$(mktemp -d /tmp/paygate-instructions.XXXXXX)
 PIDS=()
 cleanup() {
@@ -84,33 +89,56 @@ dumped_ir() {
   file=$(ls -t "$TMP"/callgrind.out."$1"* | head -1)
   awk '/^(summary|totals):/ {print $2; exit}' "$file"
 }
+# The instructions spent in SHA-256 blocks (inclusive) in the newest dump of process $1:
+# valgrind hides the CPU's SHA extensions, so the sha2 crate runs its software rounds here
+# where a native run uses SHA-NI; reported apart so the count can be read both ways.
+dumped_sha_ir() {
+  local file
+  file=$(ls -t "$TMP"/callgrind.out."$1"* | head -1)
+  callgrind_annotate --inclusive=yes --threshold=100 "$file" 2>/dev/null \
+    | awk '/sha2::sha256::compress256 / && !found {gsub(",", "", $1); print $1; found=1} END {if (!found) print 0}'
+}
 
 # --- paygate ------------------------------------------------------------------------------
 KEYHASH=$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)
-sed -e "s|@SIMPORT@|$SIMPORT|g" -e "s|@JOURNAL@|$TMP/journal.db|" -e "s|@KEYHASH@|$KEYHASH|" \
-  "$HERE/routes.toml.tmpl" > "$TMP/routes.toml"
-"$PAYGATE" --config "$TMP/routes.toml" check > /dev/null
-valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$TMP/callgrind.out.%p" \
-  "$PAYGATE" --config "$TMP/routes.toml" serve > "$TMP/paygate.out" 2> "$TMP/paygate.err" &
-VG=$!
-PIDS+=($VG)
-line=$(wait_line "$TMP/paygate.out" 'paygate listening on http://[0-9.:]+ \(admin http://[0-9.:]+\)' 120)
-URL=$(echo "$line" | grep -oE 'http://[0-9.:]+' | sed -n 1p)
-ADMIN=$(echo "$line" | grep -oE 'http://[0-9.:]+' | sed -n 2p)
-payments() { curl -s "$ADMIN/metrics" | awk '/^paygate_payments_total/ {s+=$NF} END{print s+0}'; }
-log "paygate under callgrind: warm-up ${WARMUP} s"
-load "$URL/v1/payments" "$WARMUP" paygate-warm > /dev/null
-n0=$(payments)
-callgrind_control -z "$VG" > /dev/null 2>&1
-r=$(load "$URL/v1/payments" "$LOAD_SECONDS" paygate)
-callgrind_control -d "$VG" > /dev/null 2>&1
-n1=$(payments)
-sleep 1
-PAYGATE_IR=$(dumped_ir "$VG")
-PAYGATE_N=$(( n1 - n0 ))
-log "paygate: $PAYGATE_IR instructions over $PAYGATE_N payments (wrk: $(field "$r" requests) answers, $(field "$r" non2xx) not 2xx)"
-kill "$VG" 2>/dev/null || true
-wait "$VG" 2>/dev/null || true
+# count_paygate binary tag: sets IR, SHA_IR and N (instructions, of which SHA-256, payments).
+count_paygate() {
+  local dir=$TMP/$2 line url admin n0 n1 r vg
+  mkdir -p "$dir"
+  sed -e "s|@SIMPORT@|$SIMPORT|g" -e "s|@JOURNAL@|$dir/journal.db|" -e "s|@KEYHASH@|$KEYHASH|" \
+    "$HERE/routes.toml.tmpl" > "$dir/routes.toml"
+  "$1" --config "$dir/routes.toml" check > /dev/null
+  valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$TMP/callgrind.out.%p" \
+    "$1" --config "$dir/routes.toml" serve > "$dir/paygate.out" 2> "$dir/paygate.err" &
+  vg=$!
+  PIDS+=($vg)
+  line=$(wait_line "$dir/paygate.out" 'paygate listening on http://[0-9.:]+ \(admin http://[0-9.:]+\)' 120)
+  url=$(echo "$line" | grep -oE 'http://[0-9.:]+' | sed -n 1p)
+  admin=$(echo "$line" | grep -oE 'http://[0-9.:]+' | sed -n 2p)
+  payments() { curl -s "$admin/metrics" | awk '/^paygate_payments_total/ {s+=$NF} END{print s+0}'; }
+  log "$2 under callgrind: warm-up ${WARMUP} s"
+  load "$url/v1/payments" "$WARMUP" "$2-warm" > /dev/null
+  n0=$(payments)
+  callgrind_control -z "$vg" > /dev/null 2>&1
+  r=$(load "$url/v1/payments" "$LOAD_SECONDS" "$2")
+  callgrind_control -d "$vg" > /dev/null 2>&1
+  n1=$(payments)
+  sleep 1
+  IR=$(dumped_ir "$vg")
+  SHA_IR=$(dumped_sha_ir "$vg")
+  N=$(( n1 - n0 ))
+  log "$2: $IR instructions over $N payments (wrk: $(field "$r" requests) answers, $(field "$r" non2xx) not 2xx)"
+  kill "$vg" 2>/dev/null || true
+  wait "$vg" 2>/dev/null || true
+}
+count_paygate "$PAYGATE" paygate
+PAYGATE_IR=$IR PAYGATE_SHA_IR=$SHA_IR PAYGATE_N=$N
+# BEFORE=/path/to/paygate: an earlier build counted the same way, in the same run (named in the
+# table by BEFORE_LABEL, if given).
+if [ -n "${BEFORE:-}" ]; then
+  count_paygate "$BEFORE" before
+  BEFORE_IR=$IR BEFORE_SHA_IR=$SHA_IR BEFORE_N=$N
+fi
 
 # --- nginx --------------------------------------------------------------------------------
 NGINX_PORT=$(free_port)
@@ -135,11 +163,16 @@ log "nginx: $NGINX_IR instructions over $NGINX_N requests ($(field "$r" non2xx) 
 per() { awk -v i="$1" -v n="$2" 'BEGIN{ if (n > 0) printf "%.0f", i / n; else print "-" }'; }
 P=$(per "$PAYGATE_IR" "$PAYGATE_N")
 N=$(per "$NGINX_IR" "$NGINX_N")
+S=$(per "$PAYGATE_SHA_IR" "$PAYGATE_N")
 table=$(
-  echo "| target | instructions per request | requests counted | ratio to nginx |"
-  echo "| --- | ---: | ---: | ---: |"
-  echo "| paygate (full pipeline, \`sync = \"batch\"\`) | $P | $PAYGATE_N | $(awk -v a="$P" -v b="$N" 'BEGIN{printf "%.1fx", a/b}') |"
-  echo "| nginx (bare forward, one worker) | $N | $NGINX_N | 1 |"
+  echo "| target | instructions per request | of which SHA-256 in software | requests counted | ratio to nginx |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  echo "| paygate (full pipeline, \`sync = \"batch\"\`) | $P | $S | $PAYGATE_N | $(awk -v a="$P" -v b="$N" 'BEGIN{printf "%.1fx", a/b}') |"
+  if [ -n "${BEFORE:-}" ]; then
+    B=$(per "$BEFORE_IR" "$BEFORE_N")
+    echo "| before: ${BEFORE_LABEL:-\`$BEFORE\`} (same config) | $B | $(per "$BEFORE_SHA_IR" "$BEFORE_N") | $BEFORE_N | $(awk -v a="$B" -v b="$N" 'BEGIN{printf "%.1fx", a/b}') |"
+  fi
+  echo "| nginx (bare forward, one worker) | $N | - | $NGINX_N | 1 |"
 )
 echo "$table"
 if [ -n "${OUT:-}" ]; then
