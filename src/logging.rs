@@ -47,7 +47,15 @@ struct Shared {
     woken: Condvar,
     /// Held while bytes taken from `pending` are written, and taken before `pending` is let
     /// go: what was taken first is written first.
-    output: Mutex<Output>,
+    output: Mutex<Written>,
+}
+
+/// Where lines go, and the buffer last written to it: the two buffers trade places at each
+/// write and keep their capacity, so no thread allocates (or frees another thread's) buffer
+/// as the log flows.
+struct Written {
+    to: Output,
+    spare: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -68,14 +76,16 @@ impl Shared {
         if pending.bytes.is_empty() {
             return;
         }
-        let bytes = std::mem::take(&mut pending.bytes);
         let mut output = self
             .output
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Written { to, spare } = &mut *output;
+        std::mem::swap(&mut pending.bytes, spare);
         drop(pending);
         // Nowhere left to report a failed write of the log itself.
-        let _ = output.write_all(&bytes).and_then(|()| output.flush());
+        let _ = to.write_all(spare).and_then(|()| to.flush());
+        spare.clear();
     }
 }
 
@@ -89,7 +99,10 @@ impl LineBuffer {
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             woken: Condvar::new(),
-            output: Mutex::new(output),
+            output: Mutex::new(Written {
+                to: output,
+                spare: Vec::new(),
+            }),
         });
         let writer = shared.clone();
         let thread = std::thread::Builder::new()
