@@ -44,22 +44,6 @@ const COMMON_STATUSES: [u16; 16] = [
     200, 201, 202, 400, 401, 404, 405, 408, 409, 413, 422, 429, 431, 502, 503, 504,
 ];
 
-const OUTCOMES: [Outcome; 6] = [
-    Outcome::Succeeded,
-    Outcome::Declined,
-    Outcome::Pending,
-    Outcome::Unavailable,
-    Outcome::Error,
-    Outcome::Timeout,
-];
-
-const STATUSES: [PaymentStatus; 4] = [
-    PaymentStatus::Succeeded,
-    PaymentStatus::Declined,
-    PaymentStatus::Pending,
-    PaymentStatus::Failed,
-];
-
 /// The states `paygate_channel_state` reports.
 pub const CHANNEL_STATES: [&str; 4] = ["healthy", "ejected", "probing", "drained"];
 
@@ -127,7 +111,7 @@ pub struct ListenerMetrics {
 
 /// A channel's metrics, resolved when a config is loaded.
 pub struct ChannelMetrics {
-    attempts: [IntCounter; OUTCOMES.len()],
+    attempts: [IntCounter; Outcome::ALL.len()],
     latency: Histogram,
     pub success_rate: Gauge,
     pub score: Gauge,
@@ -141,7 +125,7 @@ impl ChannelMetrics {
     }
 
     pub fn attempt(&self, outcome: Outcome, latency: Duration) {
-        let index = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        let index = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.attempts[index].inc();
         self.latency.observe(latency.as_secs_f64());
     }
@@ -167,8 +151,12 @@ impl ConfigMetrics {
     /// `channel`: the channel that answered, or None.
     pub fn payment(&self, merchant: usize, channel: Option<usize>, status: PaymentStatus) {
         let column = channel.map_or(0, |c| c + 1);
-        let status = STATUSES.iter().position(|s| *s == status).unwrap_or(0);
-        let index = (merchant * (self.channel_count + 1) + column) * STATUSES.len() + status;
+        let status = PaymentStatus::ALL
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(0);
+        let index =
+            (merchant * (self.channel_count + 1) + column) * PaymentStatus::ALL.len() + status;
         if let Some(counter) = self.payments.get(index) {
             counter.inc();
         }
@@ -451,11 +439,11 @@ impl Metrics {
             let columns =
                 std::iter::once("none").chain(config.channels.iter().map(|c| c.name.as_str()));
             for channel in columns {
-                for status in STATUSES {
+                for status in PaymentStatus::ALL {
                     payments.push(self.payments.with_label_values(&[
                         &merchant.id,
                         channel,
-                        status_label(status),
+                        status.as_str(),
                     ]));
                 }
             }
@@ -476,7 +464,7 @@ impl Metrics {
 
     fn channel(&self, name: &str) -> ChannelMetrics {
         ChannelMetrics {
-            attempts: OUTCOMES.map(|o| self.attempts.with_label_values(&[name, o.as_str()])),
+            attempts: Outcome::ALL.map(|o| self.attempts.with_label_values(&[name, o.as_str()])),
             latency: self.channel_latency.with_label_values(&[name]),
             success_rate: self.success_rate.with_label_values(&[name]),
             score: self.score.with_label_values(&[name]),
@@ -568,7 +556,7 @@ impl Metrics {
 
     /// Drops the series of channels no longer configured, so dashboards do not show them.
     pub fn forget_channel(&self, name: &str) {
-        for outcome in OUTCOMES {
+        for outcome in Outcome::ALL {
             let _ = self.attempts.remove_label_values(&[name, outcome.as_str()]);
         }
         let _ = self.success_rate.remove_label_values(&[name]);
@@ -589,15 +577,6 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-fn status_label(status: PaymentStatus) -> &'static str {
-    match status {
-        PaymentStatus::Succeeded => "succeeded",
-        PaymentStatus::Declined => "declined",
-        PaymentStatus::Pending => "pending",
-        PaymentStatus::Failed => "failed",
     }
 }
 

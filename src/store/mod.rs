@@ -29,6 +29,25 @@ pub enum PaymentStatus {
     Failed,
 }
 
+impl PaymentStatus {
+    pub const ALL: [Self; 4] = [Self::Succeeded, Self::Declined, Self::Pending, Self::Failed];
+
+    /// The contract's value (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Declined => "declined",
+            Self::Pending => "pending",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The status `as_str` spells, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
 /// What one call to a channel came to; the contract's `outcome` values plus `pending` for a
 /// PSP that answered that it has not decided yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +64,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Self; 6] = [
+        Self::Succeeded,
+        Self::Declined,
+        Self::Pending,
+        Self::Unavailable,
+        Self::Error,
+        Self::Timeout,
+    ];
+
+    /// The outcome `as_str` spells, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Succeeded => "succeeded",

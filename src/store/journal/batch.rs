@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::super::idempotency::Scope;
 use super::super::keys::KeyRecord;
-use super::super::{MemoryStore, Outcome, Payment, PaymentStatus, StoreError};
+use super::super::{MemoryStore, Payment, StoreError};
 
 /// What the request path hands the writer.
 pub enum Write {
@@ -110,42 +110,6 @@ impl<'a> Rows<'a> {
             .map(|row| (row.payment.id.clone(), row.payment.version))
             .collect()
     }
-}
-
-/// As the journal spells a payment's status (the contract's values).
-pub fn status_text(status: PaymentStatus) -> &'static str {
-    match status {
-        PaymentStatus::Succeeded => "succeeded",
-        PaymentStatus::Declined => "declined",
-        PaymentStatus::Pending => "pending",
-        PaymentStatus::Failed => "failed",
-    }
-}
-
-/// The status `status_text` spelled, if it is one.
-pub fn status_of(text: &str) -> Option<PaymentStatus> {
-    [
-        PaymentStatus::Succeeded,
-        PaymentStatus::Declined,
-        PaymentStatus::Pending,
-        PaymentStatus::Failed,
-    ]
-    .into_iter()
-    .find(|status| status_text(*status) == text)
-}
-
-/// The attempt outcome `Outcome::as_str` spelled, if it is one.
-pub fn outcome_of(text: &str) -> Option<Outcome> {
-    [
-        Outcome::Succeeded,
-        Outcome::Declined,
-        Outcome::Pending,
-        Outcome::Unavailable,
-        Outcome::Error,
-        Outcome::Timeout,
-    ]
-    .into_iter()
-    .find(|outcome| outcome.as_str() == text)
 }
 
 #[cfg(test)]

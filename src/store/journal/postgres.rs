@@ -20,7 +20,7 @@ use std::time::Duration;
 use postgres::{Client, Config, NoTls, Statement};
 use tokio::sync::oneshot;
 
-use super::batch::{Rows, status_text};
+use super::batch::Rows;
 use super::{Backend, DbError, KeyLookup, Reader, Writer};
 use crate::config::Postgres as Settings;
 use crate::store::idempotency::StoredResponse;
@@ -245,7 +245,7 @@ impl<'a> PaymentColumns<'a> {
             currencies: p().map(|p| p.currency.as_str()).collect(),
             methods: p().map(|p| p.method.as_str()).collect(),
             countries: p().map(|p| p.country.as_deref()).collect(),
-            statuses: p().map(|p| status_text(p.status)).collect(),
+            statuses: p().map(|p| p.status.as_str()).collect(),
             channels: p().map(|p| p.channel.as_deref()).collect(),
             references: p().map(|p| p.psp_reference.as_deref()).collect(),
             declines: p().map(|p| p.decline_code.as_deref()).collect(),

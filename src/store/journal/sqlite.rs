@@ -11,11 +11,11 @@ use std::time::Duration;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::batch::{Rows, outcome_of, status_of, status_text};
+use super::batch::Rows;
 use super::{Backend, DbError, KeyLookup, Reader, Writer};
 use crate::store::idempotency::StoredResponse;
 use crate::store::keys::{Kept, KeyRecord};
-use crate::store::{Attempt, MaskedCard, Payment, now_ms};
+use crate::store::{Attempt, MaskedCard, Outcome, Payment, PaymentStatus, now_ms};
 
 const SCHEMA: &str = include_str!("../journal.sql");
 /// How often the checkpointer copies the WAL into the database file.
@@ -236,7 +236,7 @@ impl<'c> PaymentWrites<'c> {
         let updated = stored
             && self.update.get()?.execute(params![
                 p.id,
-                status_text(p.status),
+                p.status.as_str(),
                 p.channel,
                 p.psp_reference,
                 p.decline_code,
@@ -258,7 +258,7 @@ impl<'c> PaymentWrites<'c> {
                 p.method,
                 p.country,
                 p.reference,
-                status_text(p.status),
+                p.status.as_str(),
                 p.channel,
                 p.psp_reference,
                 p.decline_code,
@@ -428,7 +428,7 @@ fn payment_of(row: &Row<'_>, id: String) -> rusqlite::Result<Payment> {
         method: row.get(4)?,
         country: row.get(5)?,
         reference: row.get(6)?,
-        status: known(row, 7, status_of)?,
+        status: known(row, 7, PaymentStatus::parse)?,
         channel: row.get(8)?,
         psp_reference: row.get(9)?,
         decline_code: row.get(10)?,
@@ -449,7 +449,7 @@ fn payment_of(row: &Row<'_>, id: String) -> rusqlite::Result<Payment> {
 fn attempt_of(row: &Row<'_>) -> rusqlite::Result<Attempt> {
     Ok(Attempt {
         channel: row.get(22)?,
-        outcome: known(row, 23, outcome_of)?,
+        outcome: known(row, 23, Outcome::parse)?,
         latency_ms: row.get::<_, i64>(24)? as u64,
         psp_reference: row.get(25)?,
         decline_code: row.get(26)?,
